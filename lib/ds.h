@@ -1,0 +1,417 @@
+/* ds.h - the public interface of libds.
+ *
+ * libds is the library behind the ds programs: tensors, the model container
+ * (.dsm) and tensor stream (.dst) formats, the graph and its op registry, and
+ * the command-line layer every program shares.  Functions that can fail return
+ * an int status (0, or one of ds_status) and fill a ds_error; nothing in libds
+ * prints or exits on its own.
+ */
+#ifndef DS_H
+#define DS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <jansson.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ errors */
+
+/* Status codes double as the programs' exit statuses (ds.7). */
+typedef enum ds_status {
+	DS_OK = 0,
+	DS_ERR_RUN = 1,         /* failure while running */
+	DS_ERR_USAGE = 2,       /* bad command line */
+	DS_ERR_DATA = 3,        /* bad input data */
+	DS_ERR_NOMEM = 4,       /* out of host or device memory */
+	DS_ERR_IO = 5,          /* cannot read or write a file */
+	DS_ERR_INTERRUPTED = 130
+} ds_status;
+
+typedef struct ds_error {
+	int status;             /* a ds_status */
+	char code[48];          /* stable lower_snake reason, e.g. "truncated" */
+	char message[1024];     /* "train.dst: frame 3: tensor 'x': data runs past end of file" */
+} ds_error;
+
+/* Fill err (which may be NULL) and return status.  A second call on an error
+ * that is already set keeps the first: the deepest cause wins. */
+int ds_error_set(ds_error *err, int status, const char *code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+/* Put a location in front of the message: "frame 3: " + message. */
+void ds_error_prefix(ds_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ds_error_clear(ds_error *err);
+/* The status for an errno value: ENOMEM is 4, anything else 5. */
+int ds_error_errno(ds_error *err, int errnum, const char *what);
+
+/* ----------------------------------------------------------------- dtypes */
+
+typedef enum ds_dtype {
+	DS_F32, DS_F16, DS_BF16, DS_I8, DS_U8, DS_I32, DS_I64,
+	DS_DTYPE_COUNT
+} ds_dtype;
+
+const char *ds_dtype_name(ds_dtype dtype);            /* safetensors spelling: "F32" */
+int ds_dtype_parse(const char *name, ds_dtype *out);  /* 0, or -1 if unknown */
+size_t ds_dtype_size(ds_dtype dtype);
+
+/* ---------------------------------------------------------------- devices */
+
+typedef enum ds_device_kind { DS_DEVICE_CPU = 0, DS_DEVICE_CUDA = 1 } ds_device_kind;
+
+typedef struct ds_device {
+	ds_device_kind kind;
+	int index;
+} ds_device;
+
+#define DS_CPU ((ds_device){ DS_DEVICE_CPU, 0 })
+
+/* "auto", "cpu", "cuda" or "cuda:N".  *is_auto tells auto apart from cpu. */
+int ds_device_parse(const char *text, ds_device *out, int *is_auto, ds_error *err);
+/* Pick the device to run on: auto falls back to the CPU without a GPU; an
+ * explicit cuda without one (or without CUDA support built in) is status 1. */
+int ds_device_resolve(const char *text, ds_device *out, ds_error *err);
+int ds_cuda_device_count(void);       /* 0 when built without CUDA or no GPU */
+int ds_cuda_built(void);              /* 1 when libds has CUDA kernels */
+const char *ds_device_name(ds_device dev, char *buf, size_t len); /* "cpu", "cuda:0" */
+
+/* Thread count for OpenMP and OpenBLAS alike; n <= 0 keeps the default. */
+void ds_threads_set(int n);
+int ds_threads_get(void);
+
+/* ---------------------------------------------------------------- tensors */
+
+#define DS_MAX_DIMS 8
+
+typedef struct ds_storage ds_storage;   /* reference-counted bytes */
+
+typedef struct ds_tensor {
+	ds_dtype dtype;
+	int ndim;
+	int64_t shape[DS_MAX_DIMS];
+	void *data;             /* host pointer, or device pointer on CUDA */
+	ds_device device;
+	ds_storage *storage;    /* owns data; shared by views */
+	int refs;
+} ds_tensor;
+
+/* A new contiguous tensor, zero-filled, 64-byte aligned on the host. */
+ds_tensor *ds_tensor_new(ds_dtype dtype, int ndim, const int64_t *shape, ds_device dev, ds_error *err);
+/* A tensor over bytes owned by storage (taken a reference on). */
+ds_tensor *ds_tensor_view(ds_dtype dtype, int ndim, const int64_t *shape, void *data,
+			  ds_device dev, ds_storage *storage, ds_error *err);
+ds_tensor *ds_tensor_ref(ds_tensor *t);
+void ds_tensor_unref(ds_tensor *t);
+/* Copy to another device (or to fresh host memory when dev is the CPU). */
+ds_tensor *ds_tensor_to(const ds_tensor *t, ds_device dev, ds_error *err);
+int64_t ds_tensor_numel(const ds_tensor *t);
+size_t ds_tensor_nbytes(const ds_tensor *t);
+/* numel and bytes of a shape, 0 and -1 on overflow past SIZE_MAX/INT64_MAX. */
+int ds_shape_numel(int ndim, const int64_t *shape, int64_t *numel);
+int ds_shape_bytes(ds_dtype dtype, int ndim, const int64_t *shape, uint64_t *bytes);
+/* "[64, 1, 28, 28]" */
+const char *ds_shape_format(int ndim, const int64_t *shape, char *buf, size_t len);
+
+/* Storage with a release callback, for memory libds did not allocate. */
+ds_storage *ds_storage_wrap(void *data, size_t bytes, void (*release)(void *ctx), void *ctx);
+ds_storage *ds_storage_ref(ds_storage *s);
+void ds_storage_unref(ds_storage *s);
+
+/* -------------------------------------------------------------- checksums */
+
+uint32_t ds_crc32c(uint32_t crc, const void *data, size_t len);
+
+/* -------------------------------------------------------------- containers */
+
+/* A container is one safetensors document: named tensors and string
+ * metadata.  A model (.dsm) is one container with ds.format = model/1; a
+ * stream (.dst) is a sequence of containers, its frames, with frame/1. */
+typedef struct ds_container ds_container;
+
+#define DS_FORMAT_MODEL "model/1"
+#define DS_FORMAT_FRAME "frame/1"
+#define DS_HEADER_MAX (100u << 20)   /* header bytes a reader accepts */
+
+typedef enum ds_checksum_state {
+	DS_CHECKSUM_UNCHECKED = 0,   /* loaded with DS_LOAD_NO_VERIFY */
+	DS_CHECKSUM_OK,
+	DS_CHECKSUM_MISMATCH,
+	DS_CHECKSUM_ABSENT           /* the file carries no checksum for it */
+} ds_checksum_state;
+
+ds_container *ds_container_new(void);
+void ds_container_free(ds_container *c);
+/* Add a tensor under name, taking a reference; names are unique. */
+int ds_container_add(ds_container *c, const char *name, ds_tensor *t, ds_error *err);
+int ds_container_remove(ds_container *c, const char *name);
+ds_tensor *ds_container_get(const ds_container *c, const char *name);
+size_t ds_container_count(const ds_container *c);
+const char *ds_container_name(const ds_container *c, size_t i);
+ds_tensor *ds_container_tensor(const ds_container *c, size_t i);
+ds_checksum_state ds_container_checksum(const ds_container *c, size_t i);
+
+/* String metadata (the safetensors __metadata__ map).  ds.checksums is kept by
+ * libds itself: it is computed on write and checked on read. */
+int ds_container_meta_set(ds_container *c, const char *key, const char *value, ds_error *err);
+const char *ds_container_meta_get(const ds_container *c, const char *key);
+size_t ds_container_meta_count(const ds_container *c);
+const char *ds_container_meta_key(const ds_container *c, size_t i);
+/* Metadata whose value is JSON text, parsed (new reference, NULL if absent);
+ * invalid JSON is status 3. */
+int ds_container_meta_json(const ds_container *c, const char *key, json_t **out, ds_error *err);
+int ds_container_meta_set_json(ds_container *c, const char *key, const json_t *value, ds_error *err);
+
+/* Append one entry to ds.history: tool, version, arguments, UTC date, and
+ * figures (an object, may be NULL; not stolen). */
+int ds_container_history_append(ds_container *c, const char *tool, int argc, char **argv,
+				const json_t *figures, ds_error *err);
+
+/* Loading flags. */
+#define DS_LOAD_NO_VERIFY 1u     /* skip CRC-32C checks (--no-verify) */
+#define DS_LOAD_REPORT    2u     /* check CRCs, record mismatches, do not fail */
+
+/* Parse one container held in memory; where names it in errors.  The bytes
+ * are copied.  For fuzzing and for tests. */
+int ds_container_parse(const void *buf, size_t len, const char *where, unsigned flags,
+		       ds_container **out, ds_error *err);
+/* Load a single-container file (a model); "-" reads stdin. */
+int ds_container_load(const char *path, unsigned flags, ds_container **out, ds_error *err);
+
+/* ---------------------------------------------------------------- streams */
+
+/* Reads containers one after another: a regular file is memory-mapped and
+ * tensors point into the mapping; a pipe is read one frame at a time. */
+typedef struct ds_stream ds_stream;
+
+int ds_stream_open(const char *path, unsigned flags, ds_stream **out, ds_error *err);
+/* Next frame in *out, or *out = NULL at a clean end of input. */
+int ds_stream_read(ds_stream *s, ds_container **out, ds_error *err);
+/* Frames read so far; the next frame's number is this value. */
+size_t ds_stream_frames(const ds_stream *s);
+/* Bytes consumed so far. */
+uint64_t ds_stream_offset(const ds_stream *s);
+const char *ds_stream_path(const ds_stream *s);
+void ds_stream_close(ds_stream *s);
+
+/* ---------------------------------------------------------------- writers */
+
+/* Writes containers to a file, atomically (a temporary file in the same
+ * folder, renamed on commit), or to stdout for "-".  Binary output to a
+ * terminal is refused (status 2). */
+typedef struct ds_writer ds_writer;
+
+int ds_writer_open(const char *path, ds_writer **out, ds_error *err);
+/* Serialize c (checksums filled in); may be called many times for a stream. */
+int ds_writer_put(ds_writer *w, ds_container *c, ds_error *err);
+/* Flush, fsync and rename into place; frees w. */
+int ds_writer_commit(ds_writer *w, ds_error *err);
+/* Remove the temporary file; frees w.  Safe on NULL. */
+void ds_writer_abort(ds_writer *w);
+/* Serialize to memory (malloc'd buffer); for tests and the fuzz corpus. */
+int ds_container_serialize(ds_container *c, void **buf, size_t *len, ds_error *err);
+/* Remove every temporary output still open; async-signal-safe. */
+void ds_writer_cleanup_all(void);
+
+/* ------------------------------------------------------------------ graph */
+
+/* A shape during inference: dims are concrete (the batch is fixed by the
+ * caller). */
+typedef struct ds_shape {
+	ds_dtype dtype;
+	int ndim;
+	int64_t dim[DS_MAX_DIMS];
+} ds_shape;
+
+typedef struct ds_graph ds_graph;
+typedef struct ds_node ds_node;
+
+/* Parse the graph JSON (ds-formats.5) and resolve its references against the
+ * container's tensors (parameters); validates names, ops, attributes and
+ * cycles, and infers every shape at batch 1.  Failures are status 3 naming the
+ * node and tensor. */
+int ds_graph_parse(const char *json_text, const ds_container *params, ds_graph **out, ds_error *err);
+/* The graph of a model: its ds.graph metadata (status 3 if absent). */
+int ds_graph_from_model(const ds_container *model, ds_graph **out, ds_error *err);
+void ds_graph_free(ds_graph *g);
+/* Re-run shape inference with a batch size; inputs with -1 take it. */
+int ds_graph_infer(ds_graph *g, int64_t batch, ds_error *err);
+
+size_t ds_graph_node_count(const ds_graph *g);
+/* Nodes in topological order. */
+const ds_node *ds_graph_node(const ds_graph *g, size_t i);
+size_t ds_graph_input_count(const ds_graph *g);
+const char *ds_graph_input_name(const ds_graph *g, size_t i);
+size_t ds_graph_output_count(const ds_graph *g);
+const char *ds_graph_output_name(const ds_graph *g, size_t i);
+/* The inferred shape of any value (input, parameter or node output). */
+const ds_shape *ds_graph_shape(const ds_graph *g, const char *value);
+/* Elements in the parameters the graph uses. */
+int64_t ds_graph_param_count(const ds_graph *g);
+/* FLOPs for one item (multiply-add counts 2), from the op registry; -1 if an
+ * op does not know its count. */
+int64_t ds_graph_flops(const ds_graph *g);
+
+const char *ds_node_name(const ds_node *n);
+const char *ds_node_op(const ds_node *n);
+size_t ds_node_input_count(const ds_node *n);
+const char *ds_node_input(const ds_node *n, size_t i);
+size_t ds_node_output_count(const ds_node *n);
+const char *ds_node_output(const ds_node *n, size_t i);
+/* Attributes as JSON (borrowed; may be NULL when a node has none). */
+const json_t *ds_node_attrs(const ds_node *n);
+int64_t ds_node_attr_int(const ds_node *n, const char *name, int64_t fallback);
+double ds_node_attr_float(const ds_node *n, const char *name, double fallback);
+/* An int list attribute such as stride: fills up to n_vals values and
+ * returns the list's length; 0 when absent; a scalar fills every slot and
+ * returns n_vals; -1 for a value of the wrong type. */
+int ds_node_attr_ints(const ds_node *n, const char *name, int64_t *vals, int n_vals);
+
+/* ------------------------------------------------------------ op registry */
+
+/* One op: its name, the inputs it takes, attributes it knows, shape
+ * inference and FLOP count.  Compute (forward and backward per backend) is
+ * added to this struct by the engine; ops are found by name only. */
+typedef struct ds_op {
+	const char *name;
+	int min_inputs, max_inputs;   /* max -1: any number */
+	int num_outputs;
+	const char *const *attrs;     /* attribute names it accepts, NULL-terminated */
+	/* out[0..num_outputs) from in[0..n_in).  Status 3 with a message on a
+	 * shape mismatch; the caller prefixes the node. */
+	int (*infer)(const ds_node *node, const ds_shape *in, int n_in, ds_shape *out, ds_error *err);
+	/* FLOPs of one call with these shapes. */
+	int64_t (*flops)(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out);
+} ds_op;
+
+const ds_op *ds_op_find(const char *name);
+size_t ds_op_count(void);
+const ds_op *ds_op_at(size_t i);   /* the registry in name order */
+
+/* ------------------------------------------------------ command-line layer */
+
+typedef enum ds_opt_kind {
+	DS_OPT_FLAG,      /* no argument */
+	DS_OPT_INT,
+	DS_OPT_FLOAT,
+	DS_OPT_STRING,
+	DS_OPT_LIST       /* repeatable string: each use appends */
+} ds_opt_kind;
+
+/* One row of a program's option table; --help, --config keys, DS_*
+ * variables and the man-page test all come from it. */
+typedef struct ds_option {
+	const char *name;        /* long name without dashes: "output" */
+	char short_name;         /* 'o', or 0 */
+	ds_opt_kind kind;
+	const char *arg;         /* metavariable in --help: "FILE" */
+	const char *help;
+	const char *env;         /* environment variable, or NULL */
+	const char *fallback;    /* default value as text, or NULL */
+} ds_option;
+
+typedef enum ds_format {
+	DS_FORMAT_TEXT, DS_FORMAT_MD, DS_FORMAT_CSV, DS_FORMAT_JSON, DS_FORMAT_JSONL
+} ds_format;
+
+typedef struct ds_program {
+	const char *name;        /* "ds-info" */
+	const char *usage;       /* "[OPTIONS] FILE|-" */
+	const char *summary;     /* one line */
+	const ds_option *options;/* the program's own, ended by a row with name NULL */
+	const char *formats;     /* formats --format accepts, "text,json", or NULL for none */
+	int min_args, max_args;  /* operands; max -1: any */
+} ds_program;
+
+typedef struct ds_cli ds_cli;
+
+/* Parse argv against the shared options and the program's table, with
+ * --config FILE.json and environment variables below the command line.
+ * Returns 0 to go on, or an exit status; --help and --version print and set
+ * *done so the caller returns 0.  Installs signal handling: SIGPIPE kills
+ * quietly as for any Unix filter, SIGINT/SIGTERM remove temporary outputs
+ * and end with status 130. */
+int ds_cli_start(ds_cli **out, const ds_program *prog, int argc, char **argv, int *done);
+/* Check stdout (flush, ferror, close): a failed write is status 5 with the
+ * reason; an EPIPE ends quietly.  Prints err when status is not 0, and frees
+ * cli.  The return value is the exit status. */
+int ds_cli_finish(ds_cli *cli, int status, ds_error *err);
+
+const char *ds_cli_get(const ds_cli *cli, const char *name);   /* NULL if unset */
+int ds_cli_flag(const ds_cli *cli, const char *name);
+int64_t ds_cli_int(const ds_cli *cli, const char *name);
+double ds_cli_float(const ds_cli *cli, const char *name);
+size_t ds_cli_list_count(const ds_cli *cli, const char *name);
+const char *ds_cli_list_at(const ds_cli *cli, const char *name, size_t i);
+int ds_cli_argc(const ds_cli *cli);
+const char *ds_cli_arg(const ds_cli *cli, int i);
+ds_format ds_cli_format(const ds_cli *cli);
+int ds_cli_verbosity(const ds_cli *cli);    /* -1 quiet, 0 normal, 1+ verbose */
+const ds_program *ds_cli_program(const ds_cli *cli);
+/* Append this run to a container's ds.history. */
+int ds_cli_history(const ds_cli *cli, ds_container *c, const json_t *figures, ds_error *err);
+/* Status 130 once SIGINT/SIGTERM arrived while ds_cli_catch_interrupts(1). */
+void ds_cli_catch_interrupts(int catch_them);
+int ds_cli_interrupted(void);
+/* Parse only, for tests and embedders: no --help or --version output, no
+ * signal handlers, no device probing, nothing printed.  Status 2 (usage) with
+ * the reason in err, and *out NULL, on failure. */
+int ds_cli_parse(ds_cli **out, const ds_program *prog, int argc, char **argv, ds_error *err);
+/* Free a cli without touching stdout; safe on NULL. */
+void ds_cli_free(ds_cli *cli);
+/* The device --device resolved to by ds_cli_start (the CPU until then). */
+ds_device ds_cli_device(const ds_cli *cli);
+/* The program's name; with NULL, the one last parsed ("ds" before any). */
+const char *ds_cli_name(const ds_cli *cli);
+/* Append one line {"event", "time", "elapsed", fields...} to the --log file;
+ * 0 and nothing written without --log, status 5 when the write fails. */
+int ds_cli_event(const ds_cli *cli, const char *event, const json_t *fields);
+
+/* Read a --config file: a JSON object whose keys are long option names.  Bad
+ * JSON or a non-object is status 2 naming the file; an unreadable file 5. */
+int ds_config_load(const char *path, json_t **out, ds_error *err);
+/* The same from memory (for the fuzz target); where names it in errors. */
+int ds_config_parse(const char *text, size_t len, const char *where, json_t **out, ds_error *err);
+
+/* Messages on stderr that respect -q/-v and DS_LOG=json. */
+void ds_log_info(const ds_cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ds_log_verbose(const ds_cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ds_log_warn(const ds_cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The one error line of a failed run: "<prog>: error: <message>" (and a
+ * "Try '<prog> --help'." hint for status 2), or with DS_LOG=json one object
+ * {"program", "level", "status", "code", "message"}.  cli may be NULL. */
+void ds_log_error(const ds_cli *cli, int status, const ds_error *err);
+
+/* A progress line on stderr, drawn only when stderr is a terminal and not -q. */
+typedef struct ds_progress ds_progress;
+ds_progress *ds_progress_start(const ds_cli *cli, const char *what, uint64_t total, const char *unit);
+void ds_progress_update(ds_progress *p, uint64_t done);
+void ds_progress_end(ds_progress *p);
+
+/* ---------------------------------------------------------------- printer */
+
+/* One printer renders every summary: a document is a JSON object whose
+ * members are scalars, objects (shown as key/value sections) or arrays of
+ * objects (shown as tables).  text and md draw sections and tables; csv draws
+ * the tables; json writes the object; jsonl writes each table row, tagged with
+ * its table. */
+int ds_format_parse(const char *text, ds_format *out);
+const char *ds_format_name(ds_format fmt);
+int ds_print(FILE *out, ds_format fmt, const json_t *doc, ds_error *err);
+/* One record per input item (JSON Lines, or a CSV row with the header printed
+ * first); for programs that stream results. */
+typedef struct ds_printer ds_printer;
+ds_printer *ds_printer_new(FILE *out, ds_format fmt);
+int ds_printer_record(ds_printer *p, const json_t *record, ds_error *err);
+int ds_printer_free(ds_printer *p, ds_error *err);
+
+/* ---------------------------------------------------------------- version */
+
+const char *ds_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

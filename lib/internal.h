@@ -1,0 +1,30 @@
+/* internal.h - what libds's own files share and programs do not see. */
+#ifndef DS_INTERNAL_H
+#define DS_INTERNAL_H
+
+#include "config.h"
+#include "ds.h"
+
+#define DS_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Allocation that reports through err: NULL and status 4 on failure. */
+void *ds_malloc(size_t bytes, ds_error *err);
+void *ds_calloc(size_t count, size_t size, ds_error *err);
+void *ds_realloc(void *p, size_t bytes, ds_error *err);
+char *ds_strdup(const char *s, ds_error *err);
+
+/* Host memory for tensor data: 64-byte aligned, freed with ds_aligned_free. */
+void *ds_aligned_alloc(size_t bytes, ds_error *err);
+void ds_aligned_free(void *p);
+
+/* A malloc'd storage that frees data with ds_aligned_free. */
+ds_storage *ds_storage_host(void *data, size_t bytes);
+void *ds_storage_data(const ds_storage *s);
+size_t ds_storage_bytes(const ds_storage *s);
+
+/* Device memory (lib/device.c); without CUDA these fail with status 1. */
+int ds_cuda_alloc(int device, size_t bytes, void **out, ds_error *err);
+void ds_cuda_release(void *ptr);
+int ds_cuda_copy(void *dst, ds_device dst_dev, const void *src, ds_device src_dev, size_t bytes, ds_error *err);
+
+#endif

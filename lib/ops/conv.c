@@ -1,0 +1,84 @@
+/* conv.c - convolution: conv2d over NCHW, with stride, padding, dilation and
+ * groups (groups == channels is depthwise). */
+#include "config.h"
+#include "ops.h"
+
+#include <inttypes.h>
+
+static const char *const conv2d_attrs[] = { "stride", "padding", "dilation", "groups", NULL };
+
+struct conv_params {
+	int64_t stride[2], pad[2], dil[2], groups;
+};
+
+static int conv_params(const ds_node *node, struct conv_params *p, ds_error *err)
+{
+	int rc;
+
+	if ((rc = ds_op_attr_pair(node, "stride", 1, 1, p->stride, err)) ||
+	    (rc = ds_op_attr_pair(node, "padding", 0, 0, p->pad, err)) ||
+	    (rc = ds_op_attr_pair(node, "dilation", 1, 1, p->dil, err)) ||
+	    (rc = ds_op_attr_int(node, "groups", 1, 1, DS_OP_ATTR_MAX, &p->groups, err)))
+		return rc;
+	return 0;
+}
+
+/* x [N, C, H, W], weight [O, C/groups, KH, KW], bias [O] -> [N, O, OH, OW] */
+static int conv2d_infer(const ds_node *node, const ds_shape *in, int n_in, ds_shape *out,
+			ds_error *err)
+{
+	struct conv_params p;
+	const ds_shape *x = &in[0], *w = &in[1];
+	char xs[128], ws[128];
+	int64_t oh, ow;
+	int rc;
+
+	if ((rc = conv_params(node, &p, err)) ||
+	    (rc = ds_op_check_ndim(node, in, 0, 4, 4, err)) ||
+	    (rc = ds_op_check_ndim(node, in, 1, 4, 4, err)))
+		return rc;
+	ds_op_shape_text(x, xs, sizeof xs);
+	ds_op_shape_text(w, ws, sizeof ws);
+	if (x->dim[1] % p.groups || w->dim[0] % p.groups)
+		return ds_error_set(err, DS_ERR_DATA, "shape_mismatch",
+				    "groups %" PRId64 " does not divide the %" PRId64
+				    " input channels of '%s' %s and the %" PRId64 " filters of '%s' %s",
+				    p.groups, x->dim[1], ds_node_input(node, 0), xs, w->dim[0],
+				    ds_node_input(node, 1), ws);
+	if (w->dim[1] != x->dim[1] / p.groups)
+		return ds_error_set(err, DS_ERR_DATA, "shape_mismatch",
+				    "weight '%s' %s takes %" PRId64 " channels per group, input '%s' %s has %"
+				    PRId64 " (%" PRId64 " channels, groups %" PRId64 ")", ds_node_input(node, 1),
+				    ws, w->dim[1], ds_node_input(node, 0), xs, x->dim[1] / p.groups, x->dim[1],
+				    p.groups);
+	if (n_in > 2 && (rc = ds_op_check_vector(node, in, 2, w->dim[0], err)))
+		return rc;
+	if ((rc = ds_op_window_out(node, "height", x->dim[2], w->dim[2], p.stride[0], p.pad[0],
+				   p.dil[0], 0, &oh, err)) ||
+	    (rc = ds_op_window_out(node, "width", x->dim[3], w->dim[3], p.stride[1], p.pad[1],
+				   p.dil[1], 0, &ow, err)))
+		return rc;
+	out[0].dtype = x->dtype;
+	out[0].ndim = 4;
+	out[0].dim[0] = x->dim[0];
+	out[0].dim[1] = w->dim[0];
+	out[0].dim[2] = oh;
+	out[0].dim[3] = ow;
+	return 0;
+}
+
+/* 2 per multiply-add over the filter window, plus 1 per output for the bias. */
+static int64_t conv2d_flops(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out)
+{
+	int64_t window = ds_op_sat_mul(ds_op_sat_mul(in[1].dim[1], in[1].dim[2]), in[1].dim[3]);
+	int64_t outs = ds_op_numel(&out[0]);
+	int64_t f = ds_op_sat_mul(ds_op_sat_mul(outs, window), 2);
+
+	(void)node;
+	return n_in > 2 ? ds_op_sat_add(f, outs) : f;
+}
+
+const ds_op ds_ops_conv[] = {
+	{ "conv2d", 2, 3, 1, conv2d_attrs, conv2d_infer, conv2d_flops },
+	{ NULL, 0, 0, 0, NULL, NULL, NULL },
+};
