@@ -365,6 +365,23 @@ static int describe_stream(json_t *doc, ds_stream *s, ds_container *first, int l
 	return rc;
 }
 
+/* To stdout, or atomically to the file that -o names. */
+static int print_description(const char *output, ds_format format, const json_t *doc, ds_error *err)
+{
+	ds_writer *w;
+	int rc;
+
+	if (!output || strcmp(output, "-") == 0)
+		return ds_print(stdout, format, doc, err);
+	if ((rc = ds_writer_open_text(output, &w, err)) != 0)
+		return rc;
+	if ((rc = ds_print(ds_writer_file(w), format, doc, err)) != 0) {
+		ds_writer_abort(w);
+		return rc;
+	}
+	return ds_writer_commit(w, err);
+}
+
 int main(int argc, char **argv)
 {
 	ds_error err = { 0 };
@@ -424,7 +441,7 @@ int main(int argc, char **argv)
 			ds_error_prefix(&err, "%s", ds_stream_path(s));
 	}
 	if (rc == 0)
-		rc = ds_print(stdout, ds_cli_format(cli), doc, &err);
+		rc = print_description(ds_cli_get(cli, "output"), ds_cli_format(cli), doc, &err);
 out:
 	json_decref(doc);
 	ds_container_free(next);

@@ -204,6 +204,11 @@ void ds_stream_close(ds_stream *s);
 typedef struct ds_writer ds_writer;
 
 int ds_writer_open(const char *path, ds_writer **out, ds_error *err);
+/* The same for text (reports, JSON): a terminal is fine. */
+int ds_writer_open_text(const char *path, ds_writer **out, ds_error *err);
+/* The stream under the writer, for text printed straight into it; write
+ * errors surface at commit. */
+FILE *ds_writer_file(ds_writer *w);
 /* Serialize c (checksums filled in); may be called many times for a stream. */
 int ds_writer_put(ds_writer *w, ds_container *c, ds_error *err);
 /* Flush, fsync and rename into place; frees w. */

@@ -328,13 +328,13 @@ static int open_temporary(ds_writer *w, ds_error *err)
 
 /* Devices and FIFOs (/dev/null, /dev/stdout, a named pipe) are written in
  * place: renaming over them would replace the device node. */
-static int open_in_place(ds_writer *w, ds_error *err)
+static int open_in_place(ds_writer *w, int binary, ds_error *err)
 {
 	int fd = open(w->path, O_WRONLY | O_CLOEXEC | O_NOCTTY);
 
 	if (fd < 0)
 		return ds_error_errno(err, errno, w->path);
-	if (isatty(fd)) {
+	if (binary && isatty(fd)) {
 		close(fd);
 		return ds_error_set(err, DS_ERR_USAGE, "terminal_output",
 				    "refusing to write binary data to a terminal");
@@ -349,7 +349,7 @@ static int open_in_place(ds_writer *w, ds_error *err)
 	return 0;
 }
 
-int ds_writer_open(const char *path, ds_writer **out, ds_error *err)
+static int writer_open(const char *path, int binary, ds_writer **out, ds_error *err)
 {
 	ds_writer *w;
 	struct stat st;
@@ -370,20 +370,35 @@ int ds_writer_open(const char *path, ds_writer **out, ds_error *err)
 		w->is_stdout = 1;
 		w->name = "standard output";
 		w->fp = stdout;
-		rc = isatty(STDOUT_FILENO) ? ds_error_set(err, DS_ERR_USAGE, "terminal_output",
+		rc = binary && isatty(STDOUT_FILENO) ? ds_error_set(err, DS_ERR_USAGE, "terminal_output",
 							  "refusing to write binary data to a terminal") : 0;
 	} else if (stat(path, &st) != 0 || S_ISREG(st.st_mode)) {
 		rc = open_temporary(w, err);
 	} else if (S_ISDIR(st.st_mode)) {
 		rc = ds_error_errno(err, EISDIR, path);
 	} else {
-		rc = open_in_place(w, err);
+		rc = open_in_place(w, binary, err);
 	}
 	if (rc)
 		writer_free(w);
 	else
 		*out = w;
 	return rc;
+}
+
+int ds_writer_open(const char *path, ds_writer **out, ds_error *err)
+{
+	return writer_open(path, 1, out, err);
+}
+
+int ds_writer_open_text(const char *path, ds_writer **out, ds_error *err)
+{
+	return writer_open(path, 0, out, err);
+}
+
+FILE *ds_writer_file(ds_writer *w)
+{
+	return w->fp;
 }
 
 static int writer_write(ds_writer *w, const void *p, size_t n, ds_error *err)

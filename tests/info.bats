@@ -128,3 +128,16 @@ p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[-1] ^= 0xff; open(p, "wb
 	ds-info --verify "$stream" >/dev/null
 	[ "$(sha256sum "$model" "$stream")" = "$before" ]
 }
+
+@test "-o writes the description to a file, atomically" {
+	ds-info --format json -o "$BATS_TEST_TMPDIR/d.json" "$model"
+	[ "$(json_get "$BATS_TEST_TMPDIR/d.json" 'd["format"]')" = model/1 ]
+	run ds-info -o "$BATS_TEST_TMPDIR/no/such/dir/d.txt" "$model"
+	[ "$status" -eq 5 ]
+	# A failure leaves the old output as it was and no temporary file behind.
+	echo old > "$BATS_TEST_TMPDIR/keep.txt"
+	run ds-info -o "$BATS_TEST_TMPDIR/keep.txt" "$BATS_TEST_TMPDIR/nope.dsm"
+	[ "$status" -eq 5 ]
+	[ "$(cat "$BATS_TEST_TMPDIR/keep.txt")" = old ]
+	[ -z "$(find "$BATS_TEST_TMPDIR" -name '.*.??????')" ]
+}
