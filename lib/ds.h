@@ -412,6 +412,264 @@ ds_printer *ds_printer_new(FILE *out, ds_format fmt);
 int ds_printer_record(ds_printer *p, const json_t *record, ds_error *err);
 int ds_printer_free(ds_printer *p, ds_error *err);
 
+/* ----------------------------------------------------------------- images */
+
+typedef enum ds_image_format {
+	DS_IMAGE_UNKNOWN = 0, DS_IMAGE_PNG, DS_IMAGE_JPEG
+} ds_image_format;
+
+/* What a file holds, read from its header without decoding the pixels. */
+typedef struct ds_image_info {
+	ds_image_format format;
+	int width, height;          /* as displayed: EXIF orientation applied */
+	int channels;               /* channels in the file: 1 gray, 2 gray+alpha, 3, 4 (RGBA or CMYK) */
+	int bit_depth;              /* 8 or 16 (PNG may say 1, 2, 4) */
+	int has_alpha, is_palette, is_cmyk, is_progressive;
+	int orientation;            /* EXIF orientation 1..8; 1 when absent */
+} ds_image_info;
+
+/* Decoded pixels: 8-bit, HWC, rows top to bottom. */
+typedef struct ds_image {
+	int width, height, channels;   /* channels 1 (gray) or 3 (RGB) */
+	uint8_t *pixels;               /* malloc'd; ds_image_free */
+} ds_image;
+
+const char *ds_image_format_name(ds_image_format fmt);   /* "png", "jpeg", "unknown" */
+/* The format from the first bytes (magic numbers), whatever the name says. */
+ds_image_format ds_image_sniff(const void *buf, size_t len);
+/* Header only.  Not an image: status 3 code "not_image". */
+int ds_image_probe(const void *buf, size_t len, ds_image_info *info, ds_error *err);
+/* Decode to channels 1 or 3 (0: gray stays gray, anything else RGB).  Alpha
+ * is composited over white, 16-bit reduced to 8, palette expanded, CMYK
+ * converted, EXIF orientation applied.  min_width/min_height > 0 let a JPEG
+ * decode at a DCT-scaled size no smaller than that (the cheap downscale).
+ * Any decoder warning (libjpeg's "premature end of data", a PNG CRC error)
+ * is corruption: status 3 with code "truncated" or "corrupt". */
+int ds_image_decode(const void *buf, size_t len, int channels, int min_width, int min_height,
+		    ds_image *out, ds_image_info *info, ds_error *err);
+void ds_image_free(ds_image *img);
+
+typedef enum ds_resize_mode {
+	DS_RESIZE_FIT,       /* whole image inside, letterboxed with black */
+	DS_RESIZE_FILL,      /* cover the target, centre crop the excess */
+	DS_RESIZE_STRETCH    /* both axes to the target, aspect ignored */
+} ds_resize_mode;
+
+int ds_resize_mode_parse(const char *text, ds_resize_mode *out);
+/* Resample (area averaging when shrinking, bilinear when growing) into out,
+ * width*height*channels bytes, converting channels (1 <-> 3) as asked. */
+int ds_image_resize(const ds_image *in, int width, int height, int channels, ds_resize_mode mode,
+		    uint8_t *out, ds_error *err);
+/* Encode as PNG or JPEG (quality 1-100) into a malloc'd buffer. */
+int ds_image_encode(const ds_image *img, ds_image_format fmt, int quality, void **buf, size_t *len,
+		    ds_error *err);
+
+/* ----------------------------------------------------------------- hashes */
+
+/* A 128-bit content hash of bytes, for exact duplicates. */
+typedef struct ds_hash128 { uint64_t lo, hi; } ds_hash128;
+ds_hash128 ds_hash_bytes(const void *data, size_t len);
+/* "32 lowercase hex digits" into buf[33]. */
+const char *ds_hash128_hex(ds_hash128 h, char *buf);
+
+/* A 64-bit perceptual hash (DCT of a 32x32 gray copy, 8x8 low frequencies
+ * against their median): near-identical images differ in few bits. */
+uint64_t ds_image_phash(const ds_image *img);
+int ds_hamming(uint64_t a, uint64_t b);
+
+/* An index of 64-bit hashes that finds an earlier hash within a Hamming
+ * distance without comparing against every entry (multi-index hashing). */
+typedef struct ds_hamming_index ds_hamming_index;
+ds_hamming_index *ds_hamming_index_new(int max_distance);
+/* Add hash under id; return the id of the nearest earlier hash within the
+ * distance (ties: the earliest), or -1; *distance gets its distance.
+ * max_distance is 0..64 (above 15 the index scans); -2: out of memory. */
+int64_t ds_hamming_index_add(ds_hamming_index *ix, uint64_t hash, int64_t id, int *distance);
+void ds_hamming_index_free(ds_hamming_index *ix);
+
+/* MinHash over character shingles (Unicode code points) with LSH banding. */
+#define DS_MINHASH_SIZE 128
+void ds_minhash(const char *text, size_t len, int shingle, uint32_t sig[DS_MINHASH_SIZE]);
+double ds_minhash_similarity(const uint32_t *a, const uint32_t *b);   /* estimated Jaccard */
+typedef struct ds_lsh_index ds_lsh_index;
+/* Bands and rows are chosen for the Jaccard threshold (0..1]. */
+ds_lsh_index *ds_lsh_index_new(double threshold);
+/* Add sig under id; return the id of the most similar earlier text whose
+ * estimated Jaccard reaches the threshold (ties: the earliest), or -1;
+ * -2: out of memory.  NULL from _new: threshold outside (0, 1]. */
+int64_t ds_lsh_index_add(ds_lsh_index *ix, const uint32_t sig[DS_MINHASH_SIZE], int64_t id, double *similarity);
+void ds_lsh_index_free(ds_lsh_index *ix);
+
+/* ------------------------------------------------------------------- text */
+
+/* Bytes of invalid UTF-8 (overlong forms, surrogates, > U+10FFFF, cut
+ * sequences); 0 when valid.  *first_bad gets the offset of the first. */
+size_t ds_utf8_invalid(const char *s, size_t len, size_t *first_bad);
+/* Number of code points of valid UTF-8 (each maximal invalid subpart of
+ * invalid UTF-8 counts as one, as the U+FFFD replacing it would). */
+size_t ds_utf8_length(const char *s, size_t len);
+/* Decode the code point at s (len > 0) into *cp: returns the bytes it takes,
+ * or, where the UTF-8 is invalid, minus the length of the maximal invalid
+ * subpart there (Unicode's U+FFFD substitution practice), *cp = U+FFFD. */
+int ds_utf8_decode(const char *s, size_t len, uint32_t *cp);
+
+/* What normalisation changed, for the report. */
+typedef struct ds_text_fixes {
+	int bom;             /* a leading byte-order mark was removed */
+	size_t invalid;      /* invalid bytes replaced by U+FFFD (repair) */
+	size_t control;      /* control characters removed (tab and newline become spaces) */
+	int whitespace;      /* runs of white space collapsed, ends trimmed */
+} ds_text_fixes;
+
+/* Normalise into a malloc'd NUL-terminated copy: drop a BOM, replace invalid
+ * UTF-8 with U+FFFD, remove control characters, collapse white space (Unicode
+ * spaces included) to single spaces and trim.  The caller decides whether
+ * invalid input is dropped (check ds_utf8_invalid first) or repaired. */
+char *ds_text_normalize(const char *s, size_t len, size_t *out_len, ds_text_fixes *fixes);
+
+/* Text to token ids.  Kinds: "bytes" (UTF-8 bytes, ids 0-255) and "ngrams"
+ * (hashed word unigrams and bigrams and character n-grams into buckets, as
+ * fastText does).  The spec travels with streams and models as JSON. */
+typedef struct ds_tokenizer ds_tokenizer;
+int ds_tokenizer_new(const json_t *spec, ds_tokenizer **out, ds_error *err);
+json_t *ds_tokenizer_spec(const ds_tokenizer *tok);     /* new reference */
+int64_t ds_tokenizer_vocab(const ds_tokenizer *tok);    /* ids are < this */
+/* Up to max_ids ids into ids; returns how many. */
+size_t ds_tokenizer_encode(const ds_tokenizer *tok, const char *text, size_t len, int32_t *ids, size_t max_ids);
+void ds_tokenizer_free(ds_tokenizer *tok);
+
+/* ------------------------------------------------------------ data sources */
+
+/* One input item before any check: a file to read, or bytes already in
+ * memory (a record of an IDX set, a frame row, a text entry). */
+typedef enum ds_item_kind {
+	DS_ITEM_FILE,        /* path: an image or text file, read later */
+	DS_ITEM_PIXELS,      /* data: U8 HWC pixels, width x height x channels */
+	DS_ITEM_TEXT,        /* data: text bytes (not yet validated) */
+	DS_ITEM_TOKENS,      /* data: int32 token ids from a packed stream */
+	DS_ITEM_ERROR        /* could not be listed or read: code and message say why */
+} ds_item_kind;
+
+typedef struct ds_item {
+	ds_item_kind kind;
+	char *id;            /* path, "train-images-idx3-ubyte.gz#41", "fortunes/art#3" */
+	char *path;          /* the file for DS_ITEM_FILE (may be non-UTF-8) */
+	char *label;         /* class name, or NULL when unlabelled */
+	void *data;          /* DS_ITEM_PIXELS/TEXT/TOKENS: malloc'd bytes */
+	size_t len;          /* bytes of data; for TOKENS, ids */
+	int width, height, channels;
+	uint64_t file_bytes; /* size on disk for DS_ITEM_FILE */
+	char code[32];       /* DS_ITEM_ERROR: reason code ("unreadable", "symlink_loop") */
+	char message[256];
+} ds_item;
+
+void ds_item_free(ds_item *item);   /* frees fields and the item */
+
+/* How inputs are listed (ds_source_list). */
+typedef struct ds_source_options {
+	const char *text_field;      /* JSON Lines field of the text ("text") */
+	const char *label_field;     /* and of the label ("label") */
+	int labels_from_dirs;        /* class sub-folders give labels (1) */
+	uint64_t max_bytes;          /* files larger are DS_ITEM_ERROR "too_large"; 0: no limit */
+} ds_source_options;
+
+/* A growing list of items, in input order. */
+typedef struct ds_item_list {
+	ds_item **items;
+	size_t count, cap;
+	char **classes;              /* class names seen (sorted by ds_item_list_classes) */
+	size_t class_count;
+} ds_item_list;
+
+/* List one input into list: a directory (recursive, sorted, symlink loops
+ * detected, unreadable entries become DS_ITEM_ERROR items), an image or text
+ * file, an IDX image file (its label file found beside it: -labels-idx1-ubyte
+ * for -images-idx3-ubyte, gzipped or not) or a folder holding such a pair,
+ * a JSON Lines file, a fortune file (entries between '%' lines; the label is
+ * the file name), a .dst stream, or "-" (a stream on stdin).  Status 3 or 5
+ * only when the input as a whole cannot be read. */
+int ds_source_list(const char *input, const ds_source_options *opts, ds_item_list *list, ds_error *err);
+/* Read paths, one per line, from a file or "-" (--files-from). */
+int ds_source_list_files_from(const char *from, const ds_source_options *opts, ds_item_list *list,
+			      ds_error *err);
+int ds_item_list_push(ds_item_list *list, ds_item *item, ds_error *err);   /* takes item */
+/* Sorted, unique class names of the labelled items. */
+int ds_item_list_classes(ds_item_list *list, ds_error *err);
+void ds_item_list_free(ds_item_list *list);
+
+/* The kind of file by name and first bytes: image, text, jsonl, fortune, idx, dst. */
+typedef enum ds_file_kind {
+	DS_FILE_OTHER, DS_FILE_IMAGE, DS_FILE_TEXT, DS_FILE_JSONL, DS_FILE_FORTUNE, DS_FILE_IDX, DS_FILE_DST
+} ds_file_kind;
+ds_file_kind ds_file_kind_of(const char *path);
+
+/* Read a whole file (at most max_bytes; 0: no limit) into a malloc'd buffer;
+ * gzip is not undone.  Status 5 naming the path, or 3 "too_large". */
+int ds_file_read(const char *path, uint64_t max_bytes, void **buf, size_t *len, ds_error *err);
+
+/* Class names for the labels of an IDX set, by index: Fashion-MNIST's ten
+ * when path (or where it resolves to) contains "fashion", else NULL (labels
+ * are then the decimal index). */
+const char *const *ds_idx_class_names(const char *path, size_t *count);
+
+/* --------------------------------------------------------------- cleaning */
+
+/* What ds-clean does, as options; the program fills it from its option
+ * table.  Zero values take the documented defaults (ds-clean.1). */
+typedef struct ds_clean_options {
+	const char *const *inputs;   /* files, folders, IDX, .jsonl, fortune, .dst, "-" */
+	size_t input_count;
+	const char *files_from;      /* a list of paths, one per line ("-": stdin) */
+	ds_source_options source;
+	const char *kind;            /* "auto" (default), "image" or "text" */
+
+	const char *output;          /* the packed .dst, "-" for stdout, or NULL */
+	const char *output_dir;      /* a cleaned copy of the tree, or NULL */
+	const char *report;          /* JSON Lines, one record per item, or NULL */
+	const char *encode;          /* NULL (copy files), "png" or "jpeg" */
+	int jpeg_quality;            /* 95 */
+	const char *split;           /* "0.9,0.1" or "train=0.8,val=0.1,test=0.1"; NULL: one stream */
+	uint64_t seed;
+	int shard_index, shard_count;  /* --shard K/N: K in 1..N; 0/0 off */
+	int frame_items;             /* items per frame, 1024 */
+
+	int width, height;           /* --size; 0: the first image's */
+	int channels;                /* 1 or 3; 0: the first image's */
+	ds_resize_mode resize;       /* fill */
+	int min_width, min_height;   /* 8x8 */
+	double max_aspect;           /* 10 */
+	double blank_stddev;         /* 2.0 (luma standard deviation) */
+	int near_distance;           /* 4 (pHash bits); -1 turns the check off */
+
+	int repair;                  /* replace invalid UTF-8 instead of dropping */
+	int min_chars, max_chars;    /* 1, 2048 (code points after normalisation) */
+	double near_jaccard;         /* 0.8; 0 turns the check off */
+	int shingle;                 /* 5 code points */
+	const char *tokenizer;       /* "bytes" (default) or "ngrams" */
+	int ngram_buckets;           /* 1048576 */
+	int max_tokens;              /* 1024 */
+
+	const char *drop;            /* reason codes to drop rather than warn */
+	const char *keep;            /* reason codes to keep (as warnings) rather than drop */
+	int strict;                  /* every warning drops */
+	const char *fail_on;         /* reason codes that make the run fail (status 1) */
+	double max_imbalance;        /* 10: largest class over smallest */
+
+	const ds_cli *cli;           /* progress and log messages; may be NULL */
+	int argc;                    /* for ds.history */
+	char **argv;
+} ds_clean_options;
+
+/* Run the whole cleaning: list, check, de-duplicate, split, write.  The
+ * summary (counts per reason, class and split) is returned as a printer
+ * document.  Status 0 when the run completed, even with items dropped; 1 when
+ * a --fail-on reason occurred (outputs are still written); 3 or 5 only when an
+ * input as a whole cannot be read or an output cannot be written; 2 for
+ * options that do not fit the data. */
+int ds_clean_run(const ds_clean_options *opts, json_t **summary, ds_error *err);
+/* The reason codes with their default actions, as a printer document. */
+json_t *ds_clean_reason_table(void);
+
 /* ---------------------------------------------------------------- version */
 
 const char *ds_version(void);

@@ -5,7 +5,7 @@
 bats_require_minimum_version 1.5.0
 
 PROGRAMS="ds-clean ds-train ds-prune ds-quantize ds-optimize ds-infer ds-bench ds-info"
-STUBS="ds-clean ds-train ds-prune ds-quantize ds-optimize ds-infer ds-bench"
+STUBS="ds-train ds-prune ds-quantize ds-optimize ds-infer ds-bench"
 
 setup() {
 	py=${PYTHON3:-python3}
