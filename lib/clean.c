@@ -783,6 +783,8 @@ static int decide(struct clean *c, size_t index, struct result *r, ds_error *err
 			int d = 0;
 			int64_t near = ds_hamming_index_add(c->near_images, r->phash, (int64_t)index, &d);
 
+			if (near == -2)
+				return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
 			if (near >= 0) {
 				r->duplicate_of = near;
 				r->distance = d;
@@ -792,6 +794,8 @@ static int decide(struct clean *c, size_t index, struct result *r, ds_error *err
 			double sim = 0;
 			int64_t near = ds_lsh_index_add(c->near_texts, r->minhash, (int64_t)index, &sim);
 
+			if (near == -2)
+				return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
 			if (near >= 0) {
 				r->duplicate_of = near;
 				r->similarity = sim;

@@ -61,8 +61,8 @@ static void signature_add(uint64_t mins[DS_MINHASH_SIZE], const char *bytes, siz
 	}
 }
 
-/* A shingle is `shingle` consecutive code points, hashed as its UTF-8
- * bytes; an invalid subpart counts as one code point.  A ring of the last
+/* A shingle is `shingle` consecutive code points (clamped to 1..64),
+ * hashed as its UTF-8 bytes; an invalid subpart counts as one code point.  A ring of the last
  * shingle + 1 code point offsets gives each shingle's byte range. */
 void ds_minhash(const char *text, size_t len, int shingle, uint32_t sig[DS_MINHASH_SIZE])
 {

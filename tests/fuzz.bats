@@ -36,3 +36,13 @@ replay_dir() {
 	printf '\xff\xfe' > "$corpus/binary.json"
 	replay_dir config "$corpus" "$DS_SRCDIR/tests/fuzz/configs" "$DS_SRCDIR/tests/fuzz/regressions/config"
 }
+
+@test "the image target survives every kind of image and broken ones" {
+	mkdir -p "$corpus/image"
+	for kind in png jpeg progressive cmyk png16 palette gray exif6 graya truncated corrupt tiny wide blank; do
+		mkimages one "$kind" "$corpus/image/$kind"
+	done
+	head -c 100 "$corpus/image/png" > "$corpus/image/png-cut"
+	head -c 300 "$corpus/image/jpeg" > "$corpus/image/jpeg-cut"
+	replay_dir image "$corpus/image" "$DS_SRCDIR/tests/fuzz/regressions/image"
+}

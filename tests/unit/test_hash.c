@@ -284,6 +284,11 @@ static void test_hamming_index(void)
 	check_exact(15, 5000);
 	check_exact(16, 3000);
 	check_exact(40, 3000);
+	/* The same search without the POPCNT instruction. */
+	setenv("DS_NO_POPCNT", "1", 1);
+	check_exact(6, 5000);
+	check_exact(16, 2000);
+	unsetenv("DS_NO_POPCNT");
 
 	/* A million random hashes with a near copy of an earlier one after
 	 * every 1000th: each copy must find its original (or something at
