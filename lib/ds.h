@@ -276,9 +276,34 @@ int ds_node_attr_ints(const ds_node *n, const char *name, int64_t *vals, int n_v
 
 /* ------------------------------------------------------------ op registry */
 
+/* Compute backends; an op fills the slots it has kernels for. */
+typedef enum ds_backend { DS_BACKEND_CPU = 0, DS_BACKEND_CUDA = 1, DS_BACKEND_COUNT } ds_backend;
+
+/* What a kernel call gets.  Tensors are views into the plan's arena with the
+ * shapes of this run (the batch may be smaller than planned). */
+typedef struct ds_op_args {
+	const ds_node *node;
+	ds_tensor *const *in;
+	int n_in;
+	ds_tensor *const *out;
+	int n_out;
+	/* backward only: dL/d out[j], and dL/d in[i] to ADD into (+=); a
+	 * grad_in entry is NULL when that input needs no gradient. */
+	ds_tensor *const *grad_out;
+	ds_tensor *const *grad_in;
+	void *saved;            /* op->saved bytes, kept from forward to backward */
+	void *workspace;        /* op->workspace bytes of scratch for this call */
+	int training;           /* dropout drops, batchnorm uses batch statistics */
+	uint64_t seed;          /* random stream of this node and step (dropout) */
+} ds_op_args;
+
+/* The bits of ds_op.backward_needs: what backward reads besides grad_out. */
+#define DS_NEEDS_IN(i) (1u << (i))
+#define DS_NEEDS_OUT(j) (1u << (16 + (j)))
+
 /* One op: its name, the inputs it takes, attributes it knows, shape
- * inference and FLOP count.  Compute (forward and backward per backend) is
- * added to this struct by the engine; ops are found by name only. */
+ * inference, FLOP count and compute per backend; ops are found by name
+ * only. */
 typedef struct ds_op {
 	const char *name;
 	int min_inputs, max_inputs;   /* max -1: any number */
@@ -289,6 +314,16 @@ typedef struct ds_op {
 	int (*infer)(const ds_node *node, const ds_shape *in, int n_in, ds_shape *out, ds_error *err);
 	/* FLOPs of one call with these shapes. */
 	int64_t (*flops)(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out);
+	/* Kernels per backend (NULL: not available there).  Status 3 for data a
+	 * kernel cannot take (a label out of range), with the tensor named. */
+	int (*forward[DS_BACKEND_COUNT])(const ds_op_args *a, ds_error *err);
+	int (*backward[DS_BACKEND_COUNT])(const ds_op_args *a, ds_error *err);
+	/* Bytes of scratch per call and of state kept from forward to
+	 * backward, for these shapes (NULL: none). */
+	size_t (*workspace)(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out);
+	size_t (*saved)(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out);
+	unsigned backward_needs;      /* DS_NEEDS_IN / DS_NEEDS_OUT bits */
+	unsigned no_grad;             /* inputs that never take a gradient (ids, labels): bit i */
 } ds_op;
 
 const ds_op *ds_op_find(const char *name);
@@ -411,6 +446,78 @@ typedef struct ds_printer ds_printer;
 ds_printer *ds_printer_new(FILE *out, ds_format fmt);
 int ds_printer_record(ds_printer *p, const json_t *record, ds_error *err);
 int ds_printer_free(ds_printer *p, ds_error *err);
+
+/* ------------------------------------------------------- plans and training */
+
+/* A plan is a graph compiled for one batch size: a schedule, one arena for
+ * every intermediate value (buffers reused by lifetime), views over it, and
+ * for training the backward pass, keeping only the activations backward
+ * reads.  Running a plan allocates nothing. */
+typedef struct ds_plan ds_plan;
+
+/* Parameters are the container's tensors (shared, updated in place by the
+ * optimizer).  loss names the scalar output to differentiate; NULL plans
+ * inference only. */
+int ds_plan_new(const ds_graph *g, ds_container *params, int64_t batch, const char *loss, ds_device dev,
+		ds_plan **out, ds_error *err);
+void ds_plan_free(ds_plan *p);
+/* Run with a batch no larger than planned (the last, short batch). */
+int ds_plan_set_batch(ds_plan *p, int64_t batch, ds_error *err);
+int64_t ds_plan_batch(const ds_plan *p);
+/* A value of the graph: an input to fill before forward, or an output or
+ * intermediate to read after it.  NULL when the name is unknown or the
+ * value's buffer is reused before the end (ask with ds_plan_keep). */
+ds_tensor *ds_plan_tensor(ds_plan *p, const char *value);
+/* Keep a value readable after forward (an embedding, a teacher's logits);
+ * call before the first run. */
+int ds_plan_keep(ds_plan *p, const char *value, ds_error *err);
+int ds_plan_forward(ds_plan *p, int training, uint64_t step, ds_error *err);
+/* Gradients of the loss, ADDED into the parameter gradients (so several
+ * calls accumulate, as --accum needs). */
+int ds_plan_backward(ds_plan *p, ds_error *err);
+/* Scale the incoming gradient of the loss (1 by default; 1/accum). */
+void ds_plan_set_loss_scale(ds_plan *p, float scale);
+void ds_plan_zero_grad(ds_plan *p);
+size_t ds_plan_param_count(const ds_plan *p);
+const char *ds_plan_param_name(const ds_plan *p, size_t i);
+ds_tensor *ds_plan_param(ds_plan *p, size_t i);
+ds_tensor *ds_plan_grad(ds_plan *p, size_t i);      /* NULL for inference plans */
+/* Parameters that are state, not trained (batchnorm running statistics). */
+int ds_plan_param_trainable(const ds_plan *p, size_t i);
+size_t ds_plan_arena_bytes(const ds_plan *p);
+/* Global L2 norm of the gradients; scaled down to max_norm when above it
+ * (max_norm <= 0: measure only). */
+double ds_plan_clip_grad_norm(ds_plan *p, double max_norm);
+
+typedef struct ds_optim_options {
+	const char *kind;            /* "sgd" or "adamw" */
+	double momentum;             /* sgd: 0.9 */
+	int nesterov;
+	double weight_decay;         /* decoupled for adamw, L2 for sgd */
+	double beta1, beta2, eps;    /* adamw: 0.9, 0.999, 1e-8 */
+} ds_optim_options;
+
+typedef struct ds_optim ds_optim;
+int ds_optim_new(const ds_optim_options *o, ds_plan *plan, ds_optim **out, ds_error *err);
+/* One update of every trainable parameter from its gradient at rate lr. */
+int ds_optim_step(ds_optim *opt, double lr, ds_error *err);
+/* The optimizer's state as tensors (opt.m.<param>, opt.v.<param>) and its
+ * step count, for checkpoints; load checks names and shapes (status 3). */
+int ds_optim_save(const ds_optim *opt, ds_container *c, ds_error *err);
+int ds_optim_load(ds_optim *opt, const ds_container *c, ds_error *err);
+void ds_optim_free(ds_optim *opt);
+
+/* Learning rate at a step: linear warmup, then cosine to 0 or steps of
+ * gamma every step_size steps, or constant. */
+typedef struct ds_schedule {
+	const char *kind;            /* "cosine", "step" or "constant" */
+	double lr;
+	int64_t warmup;              /* steps */
+	int64_t total;               /* steps of the whole run (cosine) */
+	int64_t step_size;           /* step decay */
+	double gamma;
+} ds_schedule;
+double ds_schedule_lr(const ds_schedule *s, int64_t step);
 
 /* ----------------------------------------------------------------- images */
 

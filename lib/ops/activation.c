@@ -70,15 +70,15 @@ static int softmax_infer(const ds_node *node, const ds_shape *in, int n_in, ds_s
 }
 
 const ds_op ds_ops_activation[] = {
-	{ "relu", 1, 1, 1, no_attrs, ds_op_infer_same, flops_1 },
-	{ "relu6", 1, 1, 1, no_attrs, ds_op_infer_same, flops_2 },
-	{ "leaky_relu", 1, 1, 1, leaky_relu_attrs, leaky_relu_infer, flops_2 },
-	{ "gelu", 1, 1, 1, gelu_attrs, gelu_infer, flops_8 },
-	{ "sigmoid", 1, 1, 1, no_attrs, ds_op_infer_same, flops_4 },
-	{ "tanh", 1, 1, 1, no_attrs, ds_op_infer_same, flops_5 },
-	{ "silu", 1, 1, 1, no_attrs, ds_op_infer_same, flops_5 },
-	{ "hardswish", 1, 1, 1, no_attrs, ds_op_infer_same, flops_4 },
-	{ "dropout", 1, 1, 1, dropout_attrs, dropout_infer, ds_op_flops_zero },
-	{ "softmax", 1, 1, 1, softmax_attrs, softmax_infer, flops_5 },
-	{ NULL, 0, 0, 0, NULL, NULL, NULL },
+	{ .name = "relu", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = no_attrs, .infer = ds_op_infer_same, .flops = flops_1 },
+	{ .name = "relu6", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = no_attrs, .infer = ds_op_infer_same, .flops = flops_2 },
+	{ .name = "leaky_relu", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = leaky_relu_attrs, .infer = leaky_relu_infer, .flops = flops_2 },
+	{ .name = "gelu", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = gelu_attrs, .infer = gelu_infer, .flops = flops_8 },
+	{ .name = "sigmoid", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = no_attrs, .infer = ds_op_infer_same, .flops = flops_4 },
+	{ .name = "tanh", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = no_attrs, .infer = ds_op_infer_same, .flops = flops_5 },
+	{ .name = "silu", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = no_attrs, .infer = ds_op_infer_same, .flops = flops_5 },
+	{ .name = "hardswish", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = no_attrs, .infer = ds_op_infer_same, .flops = flops_4 },
+	{ .name = "dropout", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = dropout_attrs, .infer = dropout_infer, .flops = ds_op_flops_zero },
+	{ .name = "softmax", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = softmax_attrs, .infer = softmax_infer, .flops = flops_5 },
+	{ .name = NULL },
 };

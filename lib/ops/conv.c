@@ -79,6 +79,6 @@ static int64_t conv2d_flops(const ds_node *node, const ds_shape *in, int n_in, c
 }
 
 const ds_op ds_ops_conv[] = {
-	{ "conv2d", 2, 3, 1, conv2d_attrs, conv2d_infer, conv2d_flops },
-	{ NULL, 0, 0, 0, NULL, NULL, NULL },
+	{ .name = "conv2d", .min_inputs = 2, .max_inputs = 3, .num_outputs = 1, .attrs = conv2d_attrs, .infer = conv2d_infer, .flops = conv2d_flops },
+	{ .name = NULL },
 };

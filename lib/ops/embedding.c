@@ -57,7 +57,7 @@ static int64_t embedding_bag_flops(const ds_node *node, const ds_shape *in, int 
 }
 
 const ds_op ds_ops_embedding[] = {
-	{ "embedding", 2, 2, 1, no_attrs, embedding_infer, ds_op_flops_zero },
-	{ "embedding_bag", 2, 2, 1, embedding_bag_attrs, embedding_bag_infer, embedding_bag_flops },
-	{ NULL, 0, 0, 0, NULL, NULL, NULL },
+	{ .name = "embedding", .min_inputs = 2, .max_inputs = 2, .num_outputs = 1, .attrs = no_attrs, .infer = embedding_infer, .flops = ds_op_flops_zero },
+	{ .name = "embedding_bag", .min_inputs = 2, .max_inputs = 2, .num_outputs = 1, .attrs = embedding_bag_attrs, .infer = embedding_bag_infer, .flops = embedding_bag_flops },
+	{ .name = NULL },
 };

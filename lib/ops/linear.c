@@ -41,6 +41,6 @@ static int64_t linear_flops(const ds_node *node, const ds_shape *in, int n_in, c
 }
 
 const ds_op ds_ops_linear[] = {
-	{ "linear", 2, 3, 1, linear_attrs, linear_infer, linear_flops },
-	{ NULL, 0, 0, 0, NULL, NULL, NULL },
+	{ .name = "linear", .min_inputs = 2, .max_inputs = 3, .num_outputs = 1, .attrs = linear_attrs, .infer = linear_infer, .flops = linear_flops },
+	{ .name = NULL },
 };

@@ -42,6 +42,6 @@ static int64_t cross_entropy_flops(const ds_node *node, const ds_shape *in, int 
 }
 
 const ds_op ds_ops_loss[] = {
-	{ "cross_entropy", 2, 2, 1, cross_entropy_attrs, cross_entropy_infer, cross_entropy_flops },
-	{ NULL, 0, 0, 0, NULL, NULL, NULL },
+	{ .name = "cross_entropy", .min_inputs = 2, .max_inputs = 2, .num_outputs = 1, .attrs = cross_entropy_attrs, .infer = cross_entropy_infer, .flops = cross_entropy_flops },
+	{ .name = NULL },
 };

@@ -77,7 +77,7 @@ static int64_t layernorm_flops(const ds_node *node, const ds_shape *in, int n_in
 }
 
 const ds_op ds_ops_norm[] = {
-	{ "batchnorm", 5, 5, 1, batchnorm_attrs, batchnorm_infer, batchnorm_flops },
-	{ "layernorm", 1, 3, 1, layernorm_attrs, layernorm_infer, layernorm_flops },
-	{ NULL, 0, 0, 0, NULL, NULL, NULL },
+	{ .name = "batchnorm", .min_inputs = 5, .max_inputs = 5, .num_outputs = 1, .attrs = batchnorm_attrs, .infer = batchnorm_infer, .flops = batchnorm_flops },
+	{ .name = "layernorm", .min_inputs = 1, .max_inputs = 3, .num_outputs = 1, .attrs = layernorm_attrs, .infer = layernorm_infer, .flops = layernorm_flops },
+	{ .name = NULL },
 };

@@ -81,8 +81,8 @@ static int64_t global_avg_pool_flops(const ds_node *node, const ds_shape *in, in
 }
 
 const ds_op ds_ops_pool[] = {
-	{ "max_pool", 1, 1, 1, max_pool_attrs, pool_infer, pool_flops },
-	{ "avg_pool", 1, 1, 1, avg_pool_attrs, pool_infer, pool_flops },
-	{ "global_avg_pool", 1, 1, 1, no_attrs, global_avg_pool_infer, global_avg_pool_flops },
-	{ NULL, 0, 0, 0, NULL, NULL, NULL },
+	{ .name = "max_pool", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = max_pool_attrs, .infer = pool_infer, .flops = pool_flops },
+	{ .name = "avg_pool", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = avg_pool_attrs, .infer = pool_infer, .flops = pool_flops },
+	{ .name = "global_avg_pool", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = no_attrs, .infer = global_avg_pool_infer, .flops = global_avg_pool_flops },
+	{ .name = NULL },
 };

@@ -153,10 +153,10 @@ static int reshape_infer(const ds_node *node, const ds_shape *in, int n_in, ds_s
 }
 
 const ds_op ds_ops_shape[] = {
-	{ "add", 2, 2, 1, no_attrs, broadcast_infer, broadcast_flops },
-	{ "mul", 2, 2, 1, no_attrs, broadcast_infer, broadcast_flops },
-	{ "concat", 1, -1, 1, concat_attrs, concat_infer, ds_op_flops_zero },
-	{ "flatten", 1, 1, 1, flatten_attrs, flatten_infer, ds_op_flops_zero },
-	{ "reshape", 1, 1, 1, reshape_attrs, reshape_infer, ds_op_flops_zero },
-	{ NULL, 0, 0, 0, NULL, NULL, NULL },
+	{ .name = "add", .min_inputs = 2, .max_inputs = 2, .num_outputs = 1, .attrs = no_attrs, .infer = broadcast_infer, .flops = broadcast_flops },
+	{ .name = "mul", .min_inputs = 2, .max_inputs = 2, .num_outputs = 1, .attrs = no_attrs, .infer = broadcast_infer, .flops = broadcast_flops },
+	{ .name = "concat", .min_inputs = 1, .max_inputs = -1, .num_outputs = 1, .attrs = concat_attrs, .infer = concat_infer, .flops = ds_op_flops_zero },
+	{ .name = "flatten", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = flatten_attrs, .infer = flatten_infer, .flops = ds_op_flops_zero },
+	{ .name = "reshape", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = reshape_attrs, .infer = reshape_infer, .flops = ds_op_flops_zero },
+	{ .name = NULL },
 };

@@ -1,0 +1,5 @@
+#!/usr/bin/env bats
+
+@test "ds-train --help" {
+	ds-train --help
+}
