@@ -785,6 +785,7 @@ int ds_cli_start(ds_cli **out, const ds_program *prog, int argc, char **argv, in
 	*out = NULL;
 	if (done)
 		*done = 0;
+	ds_blas_prefer_avx512(argv);
 	install_signals();
 	status = ds_cli_parse(&cli, prog, argc, argv, &err);
 	if (status)
@@ -806,6 +807,7 @@ int ds_cli_start(ds_cli **out, const ds_program *prog, int argc, char **argv, in
 		status = open_log(cli, &err);
 	if (status)
 		goto fail;
+	ds_log_verbose(cli, "OpenBLAS kernels %s, %d threads", ds_blas_core(), ds_threads_get());
 	*out = cli;
 	return 0;
 fail:

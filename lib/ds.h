@@ -78,6 +78,9 @@ int ds_cuda_device_count(void);       /* 0 when built without CUDA or no GPU */
 int ds_cuda_built(void);              /* 1 when libds has CUDA kernels */
 const char *ds_device_name(ds_device dev, char *buf, size_t len); /* "cpu", "cuda:0" */
 
+/* The kernels OpenBLAS runs ("SkylakeX", "Haswell"). */
+const char *ds_blas_core(void);
+
 /* Thread count for OpenMP and OpenBLAS alike; n <= 0 keeps the default. */
 void ds_threads_set(int n);
 int ds_threads_get(void);
@@ -249,6 +252,8 @@ size_t ds_graph_node_count(const ds_graph *g);
 const ds_node *ds_graph_node(const ds_graph *g, size_t i);
 size_t ds_graph_input_count(const ds_graph *g);
 const char *ds_graph_input_name(const ds_graph *g, size_t i);
+/* The shape an input was declared with (dim 0 may be -1, the batch). */
+const ds_shape *ds_graph_input_shape(const ds_graph *g, size_t i);
 size_t ds_graph_output_count(const ds_graph *g);
 const char *ds_graph_output_name(const ds_graph *g, size_t i);
 /* The inferred shape of any value (input, parameter or node output). */

@@ -22,6 +22,10 @@ ds_storage *ds_storage_host(void *data, size_t bytes);
 void *ds_storage_data(const ds_storage *s);
 size_t ds_storage_bytes(const ds_storage *s);
 
+/* OpenBLAS on its AVX-512 kernels where the CPU has them (lib/blas.c):
+ * may execute the program again with OPENBLAS_CORETYPE set. */
+void ds_blas_prefer_avx512(char **argv);
+
 /* Device memory (lib/device.c); without CUDA these fail with status 1. */
 int ds_cuda_alloc(int device, size_t bytes, void **out, ds_error *err);
 void ds_cuda_release(void *ptr);

@@ -1,6 +1,8 @@
 #!/usr/bin/env bats
 # ds-info describes what libds writes: models, streams, files and pipes.
 
+bats_require_minimum_version 1.5.0
+
 setup() {
 	py=${PYTHON3:-python3}
 	model=$BATS_TEST_TMPDIR/m.dsm
@@ -140,4 +142,13 @@ p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[-1] ^= 0xff; open(p, "wb
 	[ "$status" -eq 5 ]
 	[ "$(cat "$BATS_TEST_TMPDIR/keep.txt")" = old ]
 	[ -z "$(find "$BATS_TEST_TMPDIR" -name '.*.??????')" ]
+}
+
+@test "OpenBLAS runs its AVX-512 kernels on a CPU that has them" {
+	grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo || skip "no AVX-512 here"
+	run --separate-stderr env OPENBLAS_CORETYPE=Haswell ds-info -v "$model"
+	[ "$status" -eq 0 ]
+	[[ "$stderr" == *"OpenBLAS kernels SkylakeX"* ]]
+	run --separate-stderr env OPENBLAS_CORETYPE=Haswell DS_BLAS_KEEP=1 ds-info -v "$model"
+	[[ "$stderr" == *"OpenBLAS kernels Haswell"* ]]
 }
