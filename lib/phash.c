@@ -27,13 +27,6 @@ static void cosines_init(void)
 	}
 }
 
-static double luma(const uint8_t *p, int channels)
-{
-	if (channels >= 3)
-		return 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
-	return p[0];
-}
-
 /* Source pixels [first, last] of a side of n pixels that cover output
  * pixel o of SIDE, with the overlap of each of the two end pixels. */
 struct span {
@@ -72,10 +65,11 @@ static double weight(const struct span *s, int i)
 }
 
 /* Area averaging to 32x32 in float64, without a full gray copy: each
- * source row is reduced to 32 values and added into the output rows it
- * overlaps.  Floats rather than bytes keep a uniform brightness shift an
- * exact shift of every sample, which only the DC coefficient sees. */
-static void shrink_gray(const ds_image *img, double out[SIDE][SIDE])
+ * source row is turned to luma once, reduced to 32 values and added into the
+ * output rows it overlaps.  Floats rather than bytes keep a uniform
+ * brightness shift an exact shift of every sample, which only the DC
+ * coefficient sees. */
+static void shrink_gray(const ds_image *img, double out[SIDE][SIDE], double *gray)
 {
 	struct span cols[SIDE];
 	int w = img->width, h = img->height, ch = img->channels;
@@ -92,22 +86,41 @@ static void shrink_gray(const ds_image *img, double out[SIDE][SIDE])
 			const uint8_t *line = img->pixels + (size_t)y * w * ch;
 			double wy = weight(&rows, y);
 
+			if (ch >= 3)
+				for (int x = 0; x < w; x++, line += ch)
+					gray[x] = 0.299 * line[0] + 0.587 * line[1] + 0.114 * line[2];
+			else
+				for (int x = 0; x < w; x++, line += ch)
+					gray[x] = line[0];
 			for (int ox = 0; ox < SIDE; ox++) {
-				double sum = 0;
+				const struct span *c = &cols[ox];
+				double sum;
 
-				for (int x = cols[ox].first; x <= cols[ox].last; x++)
-					sum += weight(&cols[ox], x) * luma(line + (size_t)x * ch, ch);
+				if (c->first == c->last) {
+					sum = gray[c->first];
+				} else {
+					sum = c->w_first * gray[c->first] + c->w_last * gray[c->last];
+					for (int x = c->first + 1; x < c->last; x++)
+						sum += c->w_inner * gray[x];
+				}
 				out[oy][ox] += wy * sum;
 			}
 		}
 	}
 }
 
-static int cmp_double(const void *a, const void *b)
+/* The median of n values (n odd, small): insertion sort beats qsort's calls. */
+static double median_of(double *v, int n)
 {
-	double x = *(const double *)a, y = *(const double *)b;
+	for (int i = 1; i < n; i++) {
+		double x = v[i];
+		int j = i - 1;
 
-	return (x > y) - (x < y);
+		for (; j >= 0 && v[j] > x; j--)
+			v[j + 1] = v[j];
+		v[j + 1] = x;
+	}
+	return v[n / 2];
 }
 
 /* Bit u * 8 + v (least significant first) is set when coefficient (u, v),
@@ -117,13 +130,17 @@ static int cmp_double(const void *a, const void *b)
  * DC set; 0 when black). */
 uint64_t ds_image_phash(const ds_image *img)
 {
-	double small[SIDE][SIDE], rows[SIDE][LOW], coef[LOW * LOW], sorted[LOW * LOW - 1], median;
+	double small[SIDE][SIDE], rows[SIDE][LOW], coef[LOW * LOW], sorted[LOW * LOW - 1], median, *gray;
 	uint64_t hash = 0;
 
 	if (!img || !img->pixels || img->width <= 0 || img->height <= 0 || img->channels <= 0)
 		return 0;
+	gray = malloc((size_t)img->width * sizeof *gray);
+	if (!gray)
+		return 0;
 	pthread_once(&cosines_once, cosines_init);
-	shrink_gray(img, small);
+	shrink_gray(img, small, gray);
+	free(gray);
 	for (int y = 0; y < SIDE; y++) {
 		for (int v = 0; v < LOW; v++) {
 			double sum = 0;
@@ -144,8 +161,7 @@ uint64_t ds_image_phash(const ds_image *img)
 	}
 	for (int i = 1; i < LOW * LOW; i++)
 		sorted[i - 1] = coef[i];
-	qsort(sorted, LOW * LOW - 1, sizeof *sorted, cmp_double);
-	median = sorted[(LOW * LOW - 1) / 2];
+	median = median_of(sorted, LOW * LOW - 1);
 	for (int i = 0; i < LOW * LOW; i++)
 		if (coef[i] > median + 1e-6)
 			hash |= 1ULL << i;

@@ -194,6 +194,12 @@ int ds_image_resize(const ds_image *in, int width, int height, int channels, ds_
 	w = in->width;
 	h = in->height;
 	stride = (size_t)width * (size_t)dc;
+	/* Same size and channels: every mode is a copy (packing IDX and
+	 * same-size folders takes this path for every item). */
+	if (w == width && h == height && dc == in->channels) {
+		memcpy(out, in->pixels, stride * (size_t)height);
+		return 0;
+	}
 	switch (mode) {
 	case DS_RESIZE_FIT: {
 		double scale = fmin((double)width / w, (double)height / h);
