@@ -329,6 +329,9 @@ int main(void)
 
 	unsetenv("DS_DEVICE");
 	unsetenv("DS_THREADS");
+	/* ds_cli_start may execute the program again to pick OpenBLAS's
+	 * kernels (ds.7); a test that calls it mid-way must not restart. */
+	setenv("DS_BLAS_KEEP", "1", 1);
 	snprintf(config_path, sizeof config_path, "%s/test_cli_XXXXXX", tmp && *tmp ? tmp : "/tmp");
 	fd = mkstemp(config_path);
 	if (fd < 0) {
