@@ -800,8 +800,7 @@ int ds_cli_start(ds_cli **out, const ds_program *prog, int argc, char **argv, in
 		status = check_stdout(&err);
 		goto fail;
 	}
-	if (ds_cli_get(cli, "threads"))
-		ds_threads_set((int)ds_cli_int(cli, "threads"));
+	ds_threads_set(ds_cli_get(cli, "threads") ? (int)ds_cli_int(cli, "threads") : 0);
 	status = ds_device_resolve(ds_cli_get(cli, "device"), &cli->device, &err);
 	if (!status)
 		status = open_log(cli, &err);

@@ -81,7 +81,9 @@ const char *ds_device_name(ds_device dev, char *buf, size_t len); /* "cpu", "cud
 /* The kernels OpenBLAS runs ("SkylakeX", "Haswell"). */
 const char *ds_blas_core(void);
 
-/* Thread count for OpenMP and OpenBLAS alike; n <= 0 keeps the default. */
+/* Thread count of libds's compute (OpenMP); OpenBLAS always runs on the
+ * calling thread, inside libds's own parallel loops.  n <= 0 keeps OpenMP's
+ * default (all cores, or OMP_NUM_THREADS). */
 void ds_threads_set(int n);
 int ds_threads_get(void);
 
@@ -375,7 +377,9 @@ typedef struct ds_cli ds_cli;
 /* Parse argv against the shared options and the program's table, with
  * --config FILE.json and environment variables below the command line.
  * Returns 0 to go on, or an exit status; --help and --version print and set
- * *done so the caller returns 0.  Installs signal handling: SIGPIPE kills
+ * *done so the caller returns 0.  Call it first in main: on an AVX-512 CPU
+ * it may execute the program again with OPENBLAS_CORETYPE set (ds.7,
+ * DS_BLAS_KEEP).  Installs signal handling: SIGPIPE kills
  * quietly as for any Unix filter, SIGINT/SIGTERM remove temporary outputs
  * and end with status 130. */
 int ds_cli_start(ds_cli **out, const ds_program *prog, int argc, char **argv, int *done);
@@ -476,9 +480,13 @@ ds_tensor *ds_plan_tensor(ds_plan *p, const char *value);
 /* Keep a value readable after forward (an embedding, a teacher's logits);
  * call before the first run. */
 int ds_plan_keep(ds_plan *p, const char *value, ds_error *err);
+/* training (dropout, batch statistics) only on training plans; step seeds
+ * each node's random stream, so a step replays exactly. */
 int ds_plan_forward(ds_plan *p, int training, uint64_t step, ds_error *err);
 /* Gradients of the loss, ADDED into the parameter gradients (so several
- * calls accumulate, as --accum needs). */
+ * calls accumulate, as --accum needs).  Each call needs its own forward
+ * before it (status 2 otherwise): backward reuses activations' memory.
+ * Graph outputs and the loss stay readable until the next forward. */
 int ds_plan_backward(ds_plan *p, ds_error *err);
 /* Scale the incoming gradient of the loss (1 by default; 1/accum). */
 void ds_plan_set_loss_scale(ds_plan *p, float scale);
@@ -490,6 +498,8 @@ ds_tensor *ds_plan_grad(ds_plan *p, size_t i);      /* NULL for inference plans 
 /* Parameters that are state, not trained (batchnorm running statistics). */
 int ds_plan_param_trainable(const ds_plan *p, size_t i);
 size_t ds_plan_arena_bytes(const ds_plan *p);
+/* What the same buffers would take without reuse (for logs and tests). */
+size_t ds_plan_arena_naive_bytes(const ds_plan *p);
 /* Global L2 norm of the gradients; scaled down to max_norm when above it
  * (max_norm <= 0: measure only). */
 double ds_plan_clip_grad_norm(ds_plan *p, double max_norm);
@@ -499,7 +509,7 @@ typedef struct ds_optim_options {
 	double momentum;             /* sgd: 0.9 */
 	int nesterov;
 	double weight_decay;         /* decoupled for adamw, L2 for sgd */
-	double beta1, beta2, eps;    /* adamw: 0.9, 0.999, 1e-8 */
+	double beta1, beta2, eps;    /* adamw: 0.9, 0.999, 1e-8 (0 takes these) */
 } ds_optim_options;
 
 typedef struct ds_optim ds_optim;
@@ -523,6 +533,108 @@ typedef struct ds_schedule {
 	double gamma;
 } ds_schedule;
 double ds_schedule_lr(const ds_schedule *s, int64_t step);
+
+/* ------------------------------------------------------ training programs */
+
+/* The built-in architectures (ds-train.1) and JSON architecture files
+ * (ds-formats.5), made into a model container: ds.graph with input "x" and
+ * output "logits" [N, K], parameters initialised as PyTorch's layers do by
+ * default from a seeded generator, and ds.format, ds.preprocess, ds.labels. */
+typedef struct ds_zoo_options {
+	const char *arch;            /* a built-in name, or a path ending in .json */
+	const json_t *preprocess;    /* the data's ds.preprocess: input shape or vocabulary; may be NULL */
+	const json_t *labels;        /* JSON array of class names; its length is K */
+	int64_t classes;             /* K when labels is NULL */
+	uint64_t seed;
+} ds_zoo_options;
+
+/* Unknown names are status 2; a bad architecture file status 3 (5 unreadable). */
+int ds_zoo_build(const ds_zoo_options *o, ds_container **out, ds_error *err);
+/* The built-in names, NULL-terminated, and one line about each. */
+const char *const *ds_zoo_names(void);
+const char *ds_zoo_describe(const char *name);
+
+/* A whole labelled stream in memory: U8 NHWC images or I32 token ids (padded
+ * with -1 to the longest row), I32 labels, and the stream's ds.preprocess and
+ * ds.labels.  Frames must agree with the first in dtype and shape (status 3
+ * naming the file, frame and tensor). */
+typedef struct ds_dataset ds_dataset;
+int ds_dataset_load(const char *path, ds_dataset **out, ds_error *err);
+void ds_dataset_free(ds_dataset *d);
+int64_t ds_dataset_count(const ds_dataset *d);
+/* The shape of one item: [H, W, C] for images, [L] for tokens. */
+int ds_dataset_item_shape(const ds_dataset *d, int64_t *shape, int *ndim, ds_dtype *dtype);
+const json_t *ds_dataset_preprocess(const ds_dataset *d);   /* borrowed; may be NULL */
+const json_t *ds_dataset_labels(const ds_dataset *d);       /* borrowed; may be NULL */
+/* Move a seeded random fraction of the items into a new dataset (--val-split). */
+int ds_dataset_split(ds_dataset *d, double fraction, uint64_t seed, ds_dataset **val, ds_error *err);
+/* Status 3 unless the items fit input "x" of the graph (an NCHW F32 image
+ * input or an [N, L] integer one; a longer token row than L is cut) and every
+ * label is in [0, classes). */
+int ds_dataset_check(const ds_dataset *d, const ds_graph *g, int64_t classes, ds_error *err);
+
+/* Batches of a dataset for a graph input: F32 NCHW scaled by the
+ * preprocess scale, or I32 ids; augmented on a worker thread that prepares
+ * the next batch while the caller computes.  The order and the augmentation
+ * depend only on the seed, the epoch and the position, never on threads. */
+#define DS_AUGMENT_CROP 1u   /* random crop of the image padded by 4 */
+#define DS_AUGMENT_FLIP 2u   /* horizontal flip with probability 1/2 */
+int ds_augment_parse(const char *text, unsigned *out);   /* "none", "crop", "flip", "crop,flip" */
+
+typedef struct ds_loader_options {
+	int64_t batch;
+	int shuffle;
+	unsigned augment;
+	uint64_t seed;
+	int64_t length;              /* token rows: ids per row (the graph's L); 0 keeps the data's */
+} ds_loader_options;
+
+typedef struct ds_loader ds_loader;
+int ds_loader_new(const ds_dataset *d, const ds_loader_options *o, ds_loader **out, ds_error *err);
+void ds_loader_free(ds_loader *l);
+int64_t ds_loader_batches(const ds_loader *l);   /* per epoch; the last may be short */
+/* Start at batch index of epoch (0-based): the next call returns that batch. */
+int ds_loader_seek(ds_loader *l, int64_t epoch, int64_t batch, ds_error *err);
+/* The next batch of the epoch into x and y (owned by the loader, valid until
+ * the next call) with *n items; *n = 0 at the end of the epoch, after which
+ * the loader moves to the next epoch. */
+int ds_loader_next(ds_loader *l, ds_tensor **x, ds_tensor **y, int64_t *n, ds_error *err);
+
+/* The whole of ds-train (ds-train.1), as options.  Zero values take the
+ * documented defaults. */
+typedef struct ds_train_options {
+	const char *arch;            /* built-in name or FILE.json (not with finetune/resume) */
+	const char *data;            /* training stream */
+	const char *val;             /* validation stream, or NULL */
+	double val_split;            /* or a fraction of data held out */
+	const char *finetune;        /* start from this model's weights */
+	const char *resume;          /* continue this checkpoint exactly */
+	const char *output;          /* the model (the best by validation accuracy) */
+	const char *checkpoint;      /* checkpoint file, or NULL */
+	int64_t checkpoint_every;    /* steps; 0: only at the end and on interrupt */
+	int64_t epochs;              /* 0 writes the initial model */
+	int64_t max_steps;           /* stop after this many steps (0: no limit) */
+	int64_t batch;               /* 64 */
+	ds_optim_options optim;
+	ds_schedule schedule;        /* kind, lr, warmup, step_size, gamma; total is computed */
+	int64_t accum;               /* batches per step (1) */
+	double clip;                 /* global gradient norm limit (0: off) */
+	double label_smoothing;
+	double dropout;              /* < 0 keeps the architecture's; else every dropout's p */
+	unsigned augment;
+	int no_shuffle;
+	const char *teacher;         /* distillation (not yet available: status 2) */
+	double temperature, distill_weight;
+	uint64_t seed;
+	ds_device device;
+	const ds_cli *cli;           /* progress, --log events, history; may be NULL */
+} ds_train_options;
+
+/* Train and write the model; the summary (epochs, losses, accuracies,
+ * images/s) is a printer document.  A NaN or infinite loss is status 1
+ * naming the step (the last checkpoint is kept); an interrupt saves a
+ * checkpoint and returns 130. */
+int ds_train_run(const ds_train_options *o, json_t **summary, ds_error *err);
 
 /* ----------------------------------------------------------------- images */
 

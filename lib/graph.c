@@ -872,6 +872,11 @@ const char *ds_graph_input_name(const ds_graph *g, size_t i)
 	return i < g->n_inputs ? g->values[g->inputs[i]].name : NULL;
 }
 
+const ds_shape *ds_graph_input_shape(const ds_graph *g, size_t i)
+{
+	return i < g->n_inputs ? &g->values[g->inputs[i]].decl : NULL;
+}
+
 size_t ds_graph_output_count(const ds_graph *g)
 {
 	return g->n_outputs;

@@ -5,7 +5,7 @@
 bats_require_minimum_version 1.5.0
 
 PROGRAMS="ds-clean ds-train ds-prune ds-quantize ds-optimize ds-infer ds-bench ds-info"
-STUBS="ds-train ds-prune ds-quantize ds-optimize ds-infer ds-bench"
+STUBS="ds-prune ds-quantize ds-optimize ds-infer ds-bench"
 
 setup() {
 	py=${PYTHON3:-python3}
@@ -100,24 +100,24 @@ has_gpu() {
 }
 
 @test "--device and DS_DEVICE take auto, cpu, cuda or cuda:N: others are status 2" {
-	run -2 --separate-stderr ds-train --device bogus
-	[ "${stderr_lines[0]}" = "ds-train: error: --device: 'bogus' is not auto, cpu, cuda or cuda:N" ]
-	run -2 --separate-stderr ds-train --device cuda:x
-	DS_DEVICE=tpu run -2 --separate-stderr ds-train
-	[ "${stderr_lines[0]}" = "ds-train: error: DS_DEVICE: 'tpu' is not auto, cpu, cuda or cuda:N" ]
-	DS_DEVICE=tpu run -1 ds-train --device cpu
-	run -1 ds-train --device auto
+	run -2 --separate-stderr ds-optimize --device bogus
+	[ "${stderr_lines[0]}" = "ds-optimize: error: --device: 'bogus' is not auto, cpu, cuda or cuda:N" ]
+	run -2 --separate-stderr ds-optimize --device cuda:x
+	DS_DEVICE=tpu run -2 --separate-stderr ds-optimize
+	[ "${stderr_lines[0]}" = "ds-optimize: error: DS_DEVICE: 'tpu' is not auto, cpu, cuda or cuda:N" ]
+	DS_DEVICE=tpu run -1 ds-optimize --device cpu
+	run -1 ds-optimize --device auto
 }
 
 @test "--threads takes an integer, from the command line or DS_THREADS" {
-	run -2 --separate-stderr ds-train --threads abc
-	[ "${stderr_lines[0]}" = "ds-train: error: --threads: 'abc' is not an integer" ]
-	[ "${stderr_lines[1]}" = "Try 'ds-train --help'." ]
-	DS_THREADS=2x run -2 --separate-stderr ds-train
-	[ "${stderr_lines[0]}" = "ds-train: error: DS_THREADS: '2x' is not an integer" ]
-	run -2 ds-train --threads=-1
-	run -2 ds-train --seed 1.5
-	run -1 ds-train --threads 2 --seed 42
+	run -2 --separate-stderr ds-optimize --threads abc
+	[ "${stderr_lines[0]}" = "ds-optimize: error: --threads: 'abc' is not an integer" ]
+	[ "${stderr_lines[1]}" = "Try 'ds-optimize --help'." ]
+	DS_THREADS=2x run -2 --separate-stderr ds-optimize
+	[ "${stderr_lines[0]}" = "ds-optimize: error: DS_THREADS: '2x' is not an integer" ]
+	run -2 ds-optimize --threads=-1
+	run -2 ds-optimize --seed 1.5
+	run -1 ds-optimize --threads 2 --seed 42
 }
 
 @test "--format is checked against the program's list" {
@@ -148,18 +148,18 @@ assert e["status"] == 1 and e["code"] == "not_built", e'
 @test "--config: a JSON object of long options; an unknown key is status 2" {
 	cfg=$BATS_TEST_TMPDIR/c.json
 	echo '{"threads": 2, "colour": "red"}' > "$cfg"
-	run -2 --separate-stderr ds-train --config "$cfg"
-	[ "${stderr_lines[0]}" = "ds-train: error: $cfg: unknown option 'colour'" ]
+	run -2 --separate-stderr ds-optimize --config "$cfg"
+	[ "${stderr_lines[0]}" = "ds-optimize: error: $cfg: unknown option 'colour'" ]
 	echo '{"threads": "many"}' > "$cfg"
-	run -2 --separate-stderr ds-train --config "$cfg"
-	[ "${stderr_lines[0]}" = "ds-train: error: $cfg: threads: 'many' is not an integer" ]
+	run -2 --separate-stderr ds-optimize --config "$cfg"
+	[ "${stderr_lines[0]}" = "ds-optimize: error: $cfg: threads: 'many' is not an integer" ]
 	echo '{"threads": ' > "$cfg"
-	run -2 --separate-stderr ds-train --config "$cfg"
-	[[ "${stderr_lines[0]}" == "ds-train: error: $cfg: line "* ]]
-	run -5 --separate-stderr ds-train --config "$BATS_TEST_TMPDIR/absent.json"
-	[[ "${stderr_lines[0]}" == "ds-train: error: $BATS_TEST_TMPDIR/absent.json: No such file"* ]]
+	run -2 --separate-stderr ds-optimize --config "$cfg"
+	[[ "${stderr_lines[0]}" == "ds-optimize: error: $cfg: line "* ]]
+	run -5 --separate-stderr ds-optimize --config "$BATS_TEST_TMPDIR/absent.json"
+	[[ "${stderr_lines[0]}" == "ds-optimize: error: $BATS_TEST_TMPDIR/absent.json: No such file"* ]]
 	echo '{"device": "cpu", "threads": 1, "seed": 7}' > "$cfg"
-	run -1 ds-train --config "$cfg"
+	run -1 ds-optimize --config "$cfg"
 }
 
 @test "--config sets an option, and the command line wins over it" {

@@ -1,1 +1,103 @@
-/* placeholder */
+/* conv.h - CPU kernels for convolution, dense layers and pooling.
+ *
+ * Tensors are contiguous float32: NCHW images, [out, in/groups, kh, kw]
+ * filters, row-major matrices.  Forward kernels overwrite their output;
+ * backward kernels ADD into each gradient and skip a NULL one.  No kernel
+ * allocates: scratch comes from the caller, sized by the _workspace
+ * functions for the largest batch the caller will pass.
+ */
+#ifndef DS_KERNELS_CPU_CONV_H
+#define DS_KERNELS_CPU_CONV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------------- gemm */
+
+/* Threads the kernels use: OpenMP's count, at most 64.  Per-thread scratch
+ * is sized with it, so a plan must be made after the count is set. */
+int ds_kernel_threads(void);
+
+/* C = alpha * op(A) op(B) + beta * C, row-major.  Outside an OpenMP
+ * parallel region a large product is split over the OpenMP threads, each
+ * calling cblas_sgemm: OpenBLAS is meant to run single-threaded
+ * (openblas_set_num_threads(1)) with all threading done by OpenMP, since
+ * Debian's pthreads OpenBLAS spins its own threads after each call and
+ * steals the cores from OpenMP's.  Empty sizes are handled here (cblas
+ * rejects a leading dimension of 0). */
+void ds_gemm_f32(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+		 const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+		 int64_t ldc);
+
+/* ----------------------------------------------------------------- linear */
+
+/* y[m, out] = x[m, in] w[out, in]^T + b (b may be NULL). */
+void ds_linear_forward(int64_t m, int64_t in, int64_t out, const float *x, const float *w,
+		       const float *b, float *y);
+/* gx += gy w, gw += gy^T x, gb += column sums of gy; NULL gradients are
+ * skipped (x is only read for gw, w only for gx). */
+void ds_linear_backward(int64_t m, int64_t in, int64_t out, const float *x, const float *w,
+			const float *gy, float *gx, float *gw, float *gb);
+
+/* ----------------------------------------------------------------- conv2d */
+
+typedef struct ds_conv2d_dims {
+	int64_t n, c, h, w;          /* input */
+	int64_t o, kh, kw;           /* filters: [o, c / groups, kh, kw] */
+	int64_t oh, ow;              /* output */
+	int64_t sh, sw, ph, pw, dh, dw;
+	int64_t groups;
+} ds_conv2d_dims;
+
+/* Which kernel a convolution takes. */
+typedef enum ds_conv2d_kind {
+	DS_CONV2D_IM2COL,      /* im2col + GEMM per chunk of images and group */
+	DS_CONV2D_POINTWISE,   /* 1x1, stride 1, no padding, one group: GEMM on the input */
+	DS_CONV2D_DEPTHWISE    /* one group per input channel: direct loops */
+} ds_conv2d_kind;
+
+ds_conv2d_kind ds_conv2d_kind_of(const ds_conv2d_dims *d);
+/* Images a thread puts side by side in one im2col GEMM (from the image
+ * size only, not the batch). */
+int64_t ds_conv2d_chunk(const ds_conv2d_dims *d);
+/* Floats of scratch forward and backward need: one slice per thread of
+ * ds_kernel_threads() (columns of a chunk, its output, a partial weight
+ * gradient).  Independent of d->n: any batch fits. */
+size_t ds_conv2d_workspace(const ds_conv2d_dims *d);
+
+void ds_conv2d_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
+		       float *y, float *ws);
+void ds_conv2d_backward(const ds_conv2d_dims *d, const float *x, const float *w, const float *gy,
+			float *gx, float *gw, float *gb, float *ws);
+/* The seven loops, for tests. */
+void ds_conv2d_forward_ref(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
+			   float *y);
+/* The im2col path with a chosen chunk, whatever the kind, for tests and
+ * timing; ws holds ds_conv2d_workspace_chunk(d, chunk) floats. */
+size_t ds_conv2d_workspace_chunk(const ds_conv2d_dims *d, int64_t chunk);
+void ds_conv2d_forward_chunked(const ds_conv2d_dims *d, int64_t chunk, const float *x,
+			       const float *w, const float *b, float *y, float *ws);
+void ds_conv2d_backward_chunked(const ds_conv2d_dims *d, int64_t chunk, const float *x,
+				const float *w, const float *gy, float *gx, float *gw, float *gb,
+				float *ws);
+
+/* ---------------------------------------------------------------- pooling */
+
+typedef struct ds_pool_dims {
+	int64_t n, c, h, w;          /* input */
+	int64_t oh, ow;              /* output */
+	int64_t kh, kw, sh, sw, ph, pw;
+	int count_include_pad;       /* avg_pool: padding counts in the divisor */
+} ds_pool_dims;
+
+/* argmax (may be NULL) gets, per output, the offset of the maximum within
+ * its input plane (h * w + x), as int32. */
+void ds_max_pool_forward(const ds_pool_dims *d, const float *x, float *y, int32_t *argmax);
+void ds_max_pool_backward(const ds_pool_dims *d, const int32_t *argmax, const float *gy, float *gx);
+void ds_avg_pool_forward(const ds_pool_dims *d, const float *x, float *y);
+void ds_avg_pool_backward(const ds_pool_dims *d, const float *gy, float *gx);
+/* planes = n * c, each of size elements. */
+void ds_global_avg_pool_forward(int64_t planes, int64_t size, const float *x, float *y);
+void ds_global_avg_pool_backward(int64_t planes, int64_t size, const float *gy, float *gx);
+
+#endif

@@ -2,6 +2,7 @@
  * groups (groups == channels is depthwise). */
 #include "config.h"
 #include "ops.h"
+#include "cpu/conv.h"
 
 #include <inttypes.h>
 
@@ -78,7 +79,63 @@ static int64_t conv2d_flops(const ds_node *node, const ds_shape *in, int n_in, c
 	return n_in > 2 ? ds_op_sat_add(f, outs) : f;
 }
 
+/* The kernel's view of a call: x, weight and output dims, attributes. */
+static int conv_dims(const ds_node *node, const int64_t *x, const int64_t *w, const int64_t *y,
+		     ds_conv2d_dims *d, ds_error *err)
+{
+	struct conv_params p;
+	int rc;
+
+	if ((rc = conv_params(node, &p, err)))
+		return rc;
+	*d = (ds_conv2d_dims){
+		.n = x[0], .c = x[1], .h = x[2], .w = x[3],
+		.o = w[0], .kh = w[2], .kw = w[3], .oh = y[2], .ow = y[3],
+		.sh = p.stride[0], .sw = p.stride[1], .ph = p.pad[0], .pw = p.pad[1],
+		.dh = p.dil[0], .dw = p.dil[1], .groups = p.groups,
+	};
+	return 0;
+}
+
+static size_t conv2d_workspace(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out)
+{
+	ds_conv2d_dims d;
+
+	(void)n_in;
+	if (conv_dims(node, in[0].dim, in[1].dim, out[0].dim, &d, NULL))
+		return 0;
+	return ds_conv2d_workspace(&d) * sizeof(float);
+}
+
+static int conv2d_forward_cpu(const ds_op_args *a, ds_error *err)
+{
+	ds_conv2d_dims d;
+	int rc;
+
+	if ((rc = conv_dims(a->node, a->in[0]->shape, a->in[1]->shape, a->out[0]->shape, &d, err)))
+		return rc;
+	ds_conv2d_forward(&d, a->in[0]->data, a->in[1]->data, a->n_in > 2 ? a->in[2]->data : NULL,
+			  a->out[0]->data, a->workspace);
+	return 0;
+}
+
+static int conv2d_backward_cpu(const ds_op_args *a, ds_error *err)
+{
+	ds_tensor *gx = a->grad_in[0], *gw = a->grad_in[1], *gb = a->n_in > 2 ? a->grad_in[2] : NULL;
+	ds_conv2d_dims d;
+	int rc;
+
+	if ((rc = conv_dims(a->node, a->in[0]->shape, a->in[1]->shape, a->grad_out[0]->shape, &d, err)))
+		return rc;
+	ds_conv2d_backward(&d, a->in[0]->data, a->in[1]->data, a->grad_out[0]->data,
+			   gx ? gx->data : NULL, gw ? gw->data : NULL, gb ? gb->data : NULL,
+			   a->workspace);
+	return 0;
+}
+
 const ds_op ds_ops_conv[] = {
-	{ .name = "conv2d", .min_inputs = 2, .max_inputs = 3, .num_outputs = 1, .attrs = conv2d_attrs, .infer = conv2d_infer, .flops = conv2d_flops },
+	{ .name = "conv2d", .min_inputs = 2, .max_inputs = 3, .num_outputs = 1, .attrs = conv2d_attrs, .infer = conv2d_infer, .flops = conv2d_flops,
+	  .forward = { [DS_BACKEND_CPU] = conv2d_forward_cpu }, .backward = { [DS_BACKEND_CPU] = conv2d_backward_cpu },
+	  .workspace = conv2d_workspace, .backward_needs = DS_NEEDS_IN(0) | DS_NEEDS_IN(1) },
 	{ .name = NULL },
 };

@@ -1,6 +1,7 @@
 /* linear.c - fully connected layers: y = x W^T + b over the last dim. */
 #include "config.h"
 #include "ops.h"
+#include "cpu/conv.h"
 
 #include <inttypes.h>
 
@@ -40,7 +41,41 @@ static int64_t linear_flops(const ds_node *node, const ds_shape *in, int n_in, c
 	return n_in > 2 ? ds_op_sat_add(f, outs) : f;
 }
 
+/* Every leading dim of x is one row of a single GEMM. */
+static int64_t linear_rows(const ds_tensor *x)
+{
+	int64_t m = 1;
+
+	for (int i = 0; i < x->ndim - 1; i++)
+		m *= x->shape[i];
+	return m;
+}
+
+static int linear_forward_cpu(const ds_op_args *a, ds_error *err)
+{
+	const ds_tensor *x = a->in[0], *w = a->in[1];
+
+	(void)err;
+	ds_linear_forward(linear_rows(x), w->shape[1], w->shape[0], x->data, w->data,
+			  a->n_in > 2 ? a->in[2]->data : NULL, a->out[0]->data);
+	return 0;
+}
+
+static int linear_backward_cpu(const ds_op_args *a, ds_error *err)
+{
+	const ds_tensor *x = a->in[0], *w = a->in[1];
+	ds_tensor *gx = a->grad_in[0], *gw = a->grad_in[1], *gb = a->n_in > 2 ? a->grad_in[2] : NULL;
+
+	(void)err;
+	ds_linear_backward(linear_rows(a->grad_out[0]), w->shape[1], w->shape[0], x->data, w->data,
+			   a->grad_out[0]->data, gx ? gx->data : NULL, gw ? gw->data : NULL,
+			   gb ? gb->data : NULL);
+	return 0;
+}
+
 const ds_op ds_ops_linear[] = {
-	{ .name = "linear", .min_inputs = 2, .max_inputs = 3, .num_outputs = 1, .attrs = linear_attrs, .infer = linear_infer, .flops = linear_flops },
+	{ .name = "linear", .min_inputs = 2, .max_inputs = 3, .num_outputs = 1, .attrs = linear_attrs, .infer = linear_infer, .flops = linear_flops,
+	  .forward = { [DS_BACKEND_CPU] = linear_forward_cpu }, .backward = { [DS_BACKEND_CPU] = linear_backward_cpu },
+	  .backward_needs = DS_NEEDS_IN(0) | DS_NEEDS_IN(1) },
 	{ .name = NULL },
 };

@@ -2,6 +2,7 @@
  * smoothing; the result is a scalar (mean over the batch). */
 #include "config.h"
 #include "ops.h"
+#include "cpu/elementwise.h"
 
 #include <inttypes.h>
 
@@ -41,7 +42,69 @@ static int64_t cross_entropy_flops(const ds_node *node, const ds_shape *in, int 
 	return ds_op_sat_mul(ds_op_numel(&in[0]), 5);
 }
 
+/* ---------------------------------------------------------------- kernels */
+
+/* The softmax of the logits, [N, K] floats, for backward. */
+static size_t cross_entropy_saved(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out)
+{
+	(void)node;
+	(void)n_in;
+	(void)out;
+	return (size_t)ds_op_numel(&in[0]) * sizeof(float);
+}
+
+/* A double per row, so rows run in parallel and sum in a fixed order. */
+static size_t cross_entropy_workspace(const ds_node *node, const ds_shape *in, int n_in,
+				      const ds_shape *out)
+{
+	(void)node;
+	(void)n_in;
+	(void)out;
+	return (size_t)in[0].dim[0] * sizeof(double);
+}
+
+static int cross_entropy_forward(const ds_op_args *a, ds_error *err)
+{
+	const ds_tensor *x = a->in[0], *y = a->in[1];
+	float smoothing = (float)ds_node_attr_float(a->node, "label_smoothing", 0.0);
+	int64_t n = x->shape[0], k = x->shape[1], bad;
+	int y64 = y->dtype == DS_I64;
+
+	if (x->dtype != DS_F32)
+		return ds_error_set(err, DS_ERR_DATA, "bad_dtype", "input '%s': expected F32, got %s",
+				    ds_node_input(a->node, 0), ds_dtype_name(x->dtype));
+	if ((bad = ds_cpu_labels_check(y->data, y64, n, k)) >= 0)
+		return ds_error_set(err, DS_ERR_DATA, "bad_label",
+				    "labels '%s': row %" PRId64 ": label %" PRId64 " is outside [0, %" PRId64 ")",
+				    ds_node_input(a->node, 1), bad,
+				    y64 ? ((const int64_t *)y->data)[bad] : ((const int32_t *)y->data)[bad], k);
+	((float *)a->out[0]->data)[0] = (float)ds_cpu_cross_entropy_forward(x->data, y->data, y64, n, k,
+									  smoothing, a->saved, a->workspace);
+	return 0;
+}
+
+/* d loss / d logits = (softmax - smoothed one-hot) / N, times the
+ * incoming gradient of the loss. */
+static int cross_entropy_backward(const ds_op_args *a, ds_error *err)
+{
+	const ds_tensor *x = a->in[0], *y = a->in[1];
+	float smoothing = (float)ds_node_attr_float(a->node, "label_smoothing", 0.0);
+
+	if (!a->grad_in[0])
+		return 0;
+	if (!a->saved)
+		return ds_error_set(err, DS_ERR_RUN, "no_saved",
+				    "cross_entropy: backward without the softmax forward saves");
+	ds_cpu_cross_entropy_backward(a->saved, y->data, y->dtype == DS_I64, x->shape[0], x->shape[1],
+				      smoothing, ((const float *)a->grad_out[0]->data)[0],
+				      a->grad_in[0]->data);
+	return 0;
+}
+
 const ds_op ds_ops_loss[] = {
-	{ .name = "cross_entropy", .min_inputs = 2, .max_inputs = 2, .num_outputs = 1, .attrs = cross_entropy_attrs, .infer = cross_entropy_infer, .flops = cross_entropy_flops },
+	{ .name = "cross_entropy", .min_inputs = 2, .max_inputs = 2, .num_outputs = 1, .attrs = cross_entropy_attrs, .infer = cross_entropy_infer, .flops = cross_entropy_flops,
+	  .forward = { [DS_BACKEND_CPU] = cross_entropy_forward }, .backward = { [DS_BACKEND_CPU] = cross_entropy_backward },
+	  .saved = cross_entropy_saved, .workspace = cross_entropy_workspace, .backward_needs = DS_NEEDS_IN(1),
+	  .no_grad = 1u << 1 },
 	{ .name = NULL },
 };

@@ -2,6 +2,7 @@
  * over the trailing dims from axis on. */
 #include "config.h"
 #include "ops.h"
+#include "cpu/elementwise.h"
 
 #include <inttypes.h>
 
@@ -76,8 +77,147 @@ static int64_t layernorm_flops(const ds_node *node, const ds_shape *in, int n_in
 	return ds_op_sat_mul(ds_op_numel(&out[0]), n_in > 1 ? 7 : 5);
 }
 
+/* ---------------------------------------------------------------- kernels */
+
+static int want_f32(const ds_op_args *a, int n, ds_error *err)
+{
+	for (int i = 0; i < n && i < a->n_in; i++)
+		if (a->in[i]->dtype != DS_F32)
+			return ds_error_set(err, DS_ERR_DATA, "bad_dtype", "input '%s': expected F32, got %s",
+					    ds_node_input(a->node, (size_t)i), ds_dtype_name(a->in[i]->dtype));
+	return 0;
+}
+
+static int no_saved(const ds_op_args *a, ds_error *err)
+{
+	return ds_error_set(err, DS_ERR_RUN, "no_saved", "%s: backward without the state forward saves",
+			    ds_node_op(a->node));
+}
+
+static float *data_or_null(ds_tensor *const *t, int i, int n)
+{
+	return i < n && t[i] ? t[i]->data : NULL;
+}
+
+/* Per channel: the mean and 1/sqrt(var + eps) that normalised, the
+ * batch's while training and the running ones at inference. */
+static size_t batchnorm_saved(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out)
+{
+	(void)node;
+	(void)n_in;
+	(void)out;
+	return 2 * (size_t)in[0].dim[1] * sizeof(float);
+}
+
+static void batchnorm_dims(const ds_tensor *x, int64_t *n, int64_t *c, int64_t *hw)
+{
+	*n = x->shape[0];
+	*c = x->shape[1];
+	*hw = 1;
+	for (int d = 2; d < x->ndim; d++)
+		*hw *= x->shape[d];
+}
+
+static int batchnorm_forward(const ds_op_args *a, ds_error *err)
+{
+	float eps = (float)ds_node_attr_float(a->node, "eps", 1e-5);
+	float momentum = (float)ds_node_attr_float(a->node, "momentum", 0.1);
+	float *mean = a->saved, *invstd;
+	int64_t n, c, hw;
+	int rc = want_f32(a, 5, err);
+
+	if (rc)
+		return rc;
+	batchnorm_dims(a->in[0], &n, &c, &hw);
+	invstd = mean ? mean + c : NULL;
+	if (a->training)
+		ds_cpu_batchnorm_train(a->in[0]->data, n, c, hw, a->in[1]->data, a->in[2]->data, eps,
+				       momentum, a->in[3]->data, a->in[4]->data, a->out[0]->data, mean,
+				       invstd);
+	else
+		ds_cpu_batchnorm_infer(a->in[0]->data, n, c, hw, a->in[1]->data, a->in[2]->data, eps,
+				       a->in[3]->data, a->in[4]->data, a->out[0]->data, mean, invstd);
+	return 0;
+}
+
+static int batchnorm_backward(const ds_op_args *a, ds_error *err)
+{
+	const float *mean = a->saved;
+	int64_t n, c, hw;
+
+	if (!mean)
+		return no_saved(a, err);
+	batchnorm_dims(a->in[0], &n, &c, &hw);
+	ds_cpu_batchnorm_backward(a->in[0]->data, a->grad_out[0]->data, n, c, hw, a->in[1]->data, mean,
+				  mean + c, a->training, data_or_null(a->grad_in, 0, a->n_in),
+				  data_or_null(a->grad_in, 1, a->n_in), data_or_null(a->grad_in, 2, a->n_in));
+	return 0;
+}
+
+/* x as [rows, d]: d the elements from axis on. */
+static void layernorm_dims(const ds_node *node, int ndim, const int64_t *shape, int64_t *rows, int64_t *d)
+{
+	int64_t axis = ds_node_attr_int(node, "axis", -1);
+
+	if (axis < 0)
+		axis += ndim;
+	*rows = *d = 1;
+	for (int i = 0; i < ndim; i++) {
+		if (i < axis)
+			*rows *= shape[i];
+		else
+			*d *= shape[i];
+	}
+}
+
+/* Per row: mean and 1/sqrt(var + eps). */
+static size_t layernorm_saved(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out)
+{
+	int64_t rows, d;
+
+	(void)n_in;
+	(void)out;
+	layernorm_dims(node, in[0].ndim, in[0].dim, &rows, &d);
+	return 2 * (size_t)rows * sizeof(float);
+}
+
+static int layernorm_forward(const ds_op_args *a, ds_error *err)
+{
+	float eps = (float)ds_node_attr_float(a->node, "eps", 1e-5);
+	float *mean = a->saved;
+	int64_t rows, d;
+	int rc = want_f32(a, a->n_in, err);
+
+	if (rc)
+		return rc;
+	layernorm_dims(a->node, a->in[0]->ndim, a->in[0]->shape, &rows, &d);
+	ds_cpu_layernorm_forward(a->in[0]->data, rows, d, data_or_null(a->in, 1, a->n_in),
+				 data_or_null(a->in, 2, a->n_in), eps, a->out[0]->data, mean,
+				 mean ? mean + rows : NULL);
+	return 0;
+}
+
+static int layernorm_backward(const ds_op_args *a, ds_error *err)
+{
+	const float *mean = a->saved;
+	int64_t rows, d;
+
+	if (!mean)
+		return no_saved(a, err);
+	layernorm_dims(a->node, a->in[0]->ndim, a->in[0]->shape, &rows, &d);
+	ds_cpu_layernorm_backward(a->in[0]->data, a->grad_out[0]->data, rows, d,
+				  data_or_null(a->in, 1, a->n_in), mean, mean + rows,
+				  data_or_null(a->grad_in, 0, a->n_in), data_or_null(a->grad_in, 1, a->n_in),
+				  data_or_null(a->grad_in, 2, a->n_in));
+	return 0;
+}
+
 const ds_op ds_ops_norm[] = {
-	{ .name = "batchnorm", .min_inputs = 5, .max_inputs = 5, .num_outputs = 1, .attrs = batchnorm_attrs, .infer = batchnorm_infer, .flops = batchnorm_flops },
-	{ .name = "layernorm", .min_inputs = 1, .max_inputs = 3, .num_outputs = 1, .attrs = layernorm_attrs, .infer = layernorm_infer, .flops = layernorm_flops },
+	{ .name = "batchnorm", .min_inputs = 5, .max_inputs = 5, .num_outputs = 1, .attrs = batchnorm_attrs, .infer = batchnorm_infer, .flops = batchnorm_flops,
+	  .forward = { [DS_BACKEND_CPU] = batchnorm_forward }, .backward = { [DS_BACKEND_CPU] = batchnorm_backward },
+	  .saved = batchnorm_saved, .backward_needs = DS_NEEDS_IN(0) | DS_NEEDS_IN(1), .no_grad = (1u << 3) | (1u << 4) },
+	{ .name = "layernorm", .min_inputs = 1, .max_inputs = 3, .num_outputs = 1, .attrs = layernorm_attrs, .infer = layernorm_infer, .flops = layernorm_flops,
+	  .forward = { [DS_BACKEND_CPU] = layernorm_forward }, .backward = { [DS_BACKEND_CPU] = layernorm_backward },
+	  .saved = layernorm_saved, .backward_needs = DS_NEEDS_IN(0) | DS_NEEDS_IN(1) },
 	{ .name = NULL },
 };
