@@ -21,21 +21,34 @@ static int is_avx512_core(const char *core)
 			strcasestr(core, "sapphirerapids"));
 }
 
-void ds_blas_prefer_avx512(char **argv)
+/* OpenBLAS starts its own threads when it loads, and they spin (sched_yield)
+ * for a while before sleeping, although libds calls it single-threaded
+ * (lib/threads.c): 8% of a short ds-clean run.  OPENBLAS_NUM_THREADS=1 in
+ * the environment keeps them from starting. */
+static int want_avx512(const char *core)
 {
-	const char *core = openblas_get_corename();
-	const char *keep = getenv("DS_BLAS_KEEP");
-
-	if ((keep && *keep && strcmp(keep, "0")) || is_avx512_core(getenv("OPENBLAS_CORETYPE")))
-		return;
 	__builtin_cpu_init();
 	if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
 	    !__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512dq"))
-		return;
+		return 0;
 	/* Already on AVX-512 kernels (an Intel CPU OpenBLAS knows): nothing to do. */
-	if (is_avx512_core(core))
+	return !is_avx512_core(core) && !is_avx512_core(getenv("OPENBLAS_CORETYPE"));
+}
+
+void ds_blas_prefer_avx512(char **argv)
+{
+	const char *keep = getenv("DS_BLAS_KEEP");
+	int avx512 = 0, threads = 0;
+
+	if (keep && *keep && strcmp(keep, "0"))
 		return;
-	if (setenv("OPENBLAS_CORETYPE", "SkylakeX", 1) != 0)
+	avx512 = want_avx512(openblas_get_corename());
+	threads = getenv("OPENBLAS_NUM_THREADS") == NULL;
+	if (!avx512 && !threads)
+		return;
+	if (avx512 && setenv("OPENBLAS_CORETYPE", "SkylakeX", 1) != 0)
+		return;
+	if (threads && setenv("OPENBLAS_NUM_THREADS", "1", 1) != 0)
 		return;
 	execv("/proc/self/exe", argv);
 	/* The exec failed (no /proc): go on with what OpenBLAS chose. */

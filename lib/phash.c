@@ -10,9 +10,9 @@
 #define SIDE 32
 #define LOW 8
 
-/* cosines[u][x] = a(u) cos(pi (2x + 1) u / 64): the orthonormal DCT-II
+/* cosines_t[x][u] = a(u) cos(pi (2x + 1) u / 64): the orthonormal DCT-II
  * basis for the 8 lowest frequencies of 32 samples. */
-static double cosines[LOW][SIDE];
+static double cosines_t[SIDE][LOW];   /* [x][u], transposed for the loops below */
 static pthread_once_t cosines_once = PTHREAD_ONCE_INIT;
 
 static void cosines_init(void)
@@ -23,7 +23,7 @@ static void cosines_init(void)
 		double a = u == 0 ? sqrt(1.0 / SIDE) : sqrt(2.0 / SIDE);
 
 		for (int x = 0; x < SIDE; x++)
-			cosines[u][x] = a * cos(pi * (2 * x + 1) * u / (2.0 * SIDE));
+			cosines_t[x][u] = a * cos(pi * (2 * x + 1) * u / (2.0 * SIDE));
 	}
 }
 
@@ -141,24 +141,22 @@ uint64_t ds_image_phash(const ds_image *img)
 	pthread_once(&cosines_once, cosines_init);
 	shrink_gray(img, small, gray);
 	free(gray);
+	/* Loops ordered so that the innermost runs over the 8 frequencies,
+	 * each its own sum: the compiler vectorises them without reordering any
+	 * floating-point addition, so the hash stays exactly reproducible. */
 	for (int y = 0; y < SIDE; y++) {
-		for (int v = 0; v < LOW; v++) {
-			double sum = 0;
-
-			for (int x = 0; x < SIDE; x++)
-				sum += cosines[v][x] * small[y][x];
-			rows[y][v] = sum;
-		}
+		for (int v = 0; v < LOW; v++)
+			rows[y][v] = 0;
+		for (int x = 0; x < SIDE; x++)
+			for (int v = 0; v < LOW; v++)
+				rows[y][v] += cosines_t[x][v] * small[y][x];
 	}
-	for (int u = 0; u < LOW; u++) {
-		for (int v = 0; v < LOW; v++) {
-			double sum = 0;
-
-			for (int y = 0; y < SIDE; y++)
-				sum += cosines[u][y] * rows[y][v];
-			coef[u * LOW + v] = sum;
-		}
-	}
+	for (int u = 0; u < LOW * LOW; u++)
+		coef[u] = 0;
+	for (int y = 0; y < SIDE; y++)
+		for (int u = 0; u < LOW; u++)
+			for (int v = 0; v < LOW; v++)
+				coef[u * LOW + v] += cosines_t[y][u] * rows[y][v];
 	for (int i = 1; i < LOW * LOW; i++)
 		sorted[i - 1] = coef[i];
 	median = median_of(sorted, LOW * LOW - 1);

@@ -351,7 +351,9 @@ static int walk_file(walk *w, const char *path, const char *name, const struct s
 	kind = ds_file_kind_of(path);
 	if (kind == DS_FILE_IDX && strstr(name, "labels-idx1"))
 		return 0;
-	if (access(path, R_OK) != 0)
+	/* Images and texts are read later, where a failure is reported the
+	 * same way: no second system call per file here. */
+	if (kind != DS_FILE_IMAGE && kind != DS_FILE_TEXT && access(path, R_OK) != 0)
 		return ds_item_push_error(w->list, w->err, path, path, label, "unreadable", "%s", strerror(errno));
 	rc = list_file(path, kind, st, label, w->opts, w->list, &sub);
 	if (rc == DS_ERR_DATA || rc == DS_ERR_IO)

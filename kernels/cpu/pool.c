@@ -9,15 +9,64 @@
 #include "cpu/conv.h"
 
 #include <float.h>
+#include <stdint.h>
 
 static int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
 {
 	return v < lo ? lo : v > hi ? hi : v;
 }
 
+/* The 2x2 window with stride 2 and no padding, the pool of most CNNs: no
+ * clamping and no index arithmetic per tap.  It was 18% of a training step
+ * of the reference CNN through the general loop. */
+static void max_pool_2x2(const ds_pool_dims *d, const float *x, float *y, int32_t *argmax)
+{
+	const int64_t plane = d->h * d->w, p = d->oh * d->ow;
+
+#pragma omp parallel for schedule(static)
+	for (int64_t pc = 0; pc < d->n * d->c; pc++) {
+		const float *xin = x + pc * plane;
+		float *out = y + pc * p;
+		int32_t *idx = argmax ? argmax + pc * p : NULL;
+
+		for (int64_t oy = 0; oy < d->oh; oy++) {
+			const float *r0 = xin + 2 * oy * d->w, *r1 = r0 + d->w;
+			int32_t base = (int32_t)(2 * oy * d->w);
+
+			for (int64_t ox = 0; ox < d->ow; ox++) {
+				float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], e = r1[2 * ox + 1];
+				/* Selects, not branches: on real activations the
+				 * comparisons are coin flips the predictor loses.  Strict
+				 * comparisons keep the first of equal maxima, as PyTorch
+				 * does. */
+				int i01 = b > a, i23 = e > c;
+				float m01 = i01 ? b : a, m23 = i23 ? e : c;
+				int hi = m23 > m01;
+				float best = hi ? m23 : m01;
+				int32_t at = hi ? (int32_t)d->w + i23 : i01;
+
+				if ((a != a) | (b != b) | (c != c) | (e != e)) {
+					/* NaN propagates: the first NaN wins. */
+					at = a != a ? 0 : b != b ? 1 : c != c ? (int32_t)d->w : (int32_t)d->w + 1;
+					best = a != a ? a : b != b ? b : c != c ? c : e;
+				}
+				out[oy * d->ow + ox] = best;
+				if (idx)
+					idx[oy * d->ow + ox] = base + (int32_t)(2 * ox) + at;
+			}
+		}
+	}
+}
+
 void ds_max_pool_forward(const ds_pool_dims *d, const float *x, float *y, int32_t *argmax)
 {
 	const int64_t plane = d->h * d->w, p = d->oh * d->ow;
+
+	if (d->kh == 2 && d->kw == 2 && d->sh == 2 && d->sw == 2 && d->ph == 0 && d->pw == 0 &&
+	    2 * d->oh <= d->h && 2 * d->ow <= d->w && plane <= INT32_MAX) {
+		max_pool_2x2(d, x, y, argmax);
+		return;
+	}
 
 #pragma omp parallel for schedule(static)
 	for (int64_t pc = 0; pc < d->n * d->c; pc++) {
