@@ -22,14 +22,5 @@ static const ds_program program = {
 
 int main(int argc, char **argv)
 {
-	ds_error err = { 0 };
-	ds_cli *cli;
-	int done, status;
-
-	status = ds_cli_start(&cli, &program, argc, argv, &done);
-	if (status || done)
-		return status;
-	status = ds_error_set(&err, DS_ERR_RUN, "not_built",
-			      "%s is not built yet: it arrives with its own issue", program.name);
-	return ds_cli_finish(cli, status, &err);
+	return ds_cli_main_not_built(&program, argc, argv);
 }

@@ -979,3 +979,17 @@ int ds_cli_event(const ds_cli *cli, const char *event, const json_t *fields)
 	json_decref(line);
 	return status;
 }
+
+int ds_cli_main_not_built(const ds_program *prog, int argc, char **argv)
+{
+	ds_error err = { 0 };
+	ds_cli *cli;
+	int done, status;
+
+	status = ds_cli_start(&cli, prog, argc, argv, &done);
+	if (status || done)
+		return status;
+	status = ds_error_set(&err, DS_ERR_RUN, "not_built",
+			      "%s is not built yet: it arrives with its own issue", prog->name);
+	return ds_cli_finish(cli, status, &err);
+}

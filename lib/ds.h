@@ -388,6 +388,10 @@ int ds_cli_start(ds_cli **out, const ds_program *prog, int argc, char **argv, in
  * cli.  The return value is the exit status. */
 int ds_cli_finish(ds_cli *cli, int status, ds_error *err);
 
+/* The whole main() of a program whose work has not landed yet: options,
+ * --help and --version work; anything else says so and is status 1. */
+int ds_cli_main_not_built(const ds_program *prog, int argc, char **argv);
+
 const char *ds_cli_get(const ds_cli *cli, const char *name);   /* NULL if unset */
 int ds_cli_flag(const ds_cli *cli, const char *name);
 int64_t ds_cli_int(const ds_cli *cli, const char *name);
