@@ -112,6 +112,9 @@ int main(int argc, char **argv)
 	rc = ds_cli_start(&cli, &program, argc, argv, &done);
 	if (rc || done)
 		return rc;
+	/* Stop between chunks on SIGINT/SIGTERM, so that the temporary files
+	 * and the --output-dir folder under way are removed, not left behind. */
+	ds_cli_catch_interrupts(1);
 	if (ds_cli_flag(cli, "list-reasons")) {
 		json_t *table = ds_clean_reason_table();
 

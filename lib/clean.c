@@ -1420,6 +1420,10 @@ int ds_clean_run(const ds_clean_options *opts, json_t **out, ds_error *err)
 			it->data = NULL;
 		}
 		ds_progress_update(progress, start + n);
+		/* SIGINT/SIGTERM (caught by the program): stop between chunks;
+		 * the clean-up below removes every output under way. */
+		if (!rc && ds_cli_interrupted())
+			rc = ds_error_set(err, DS_ERR_INTERRUPTED, "interrupted", "interrupted: no output written");
 	}
 	/* After a failure the chunk checked ahead still holds results. */
 	for (size_t i = 0; i < 2 * chunk; i++)

@@ -231,3 +231,18 @@ PY
 	[ "$status" -eq 3 ]
 	ds-clean --list-reasons | grep -q label_conflict
 }
+
+@test "SIGTERM stops the run with status 130 and leaves no output behind" {
+	f=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+	[ -f "$f" ] || skip "dataset-fashion-mnist is not installed"
+	mkdir -p "$T/out"
+	ds-clean -q "$f" --near-distance -1 --output-dir "$T/out/png" --encode png \
+		--report "$T/out/r.jsonl" -o "$T/out/s.dst" &
+	pid=$!
+	sleep 1
+	kill -TERM $pid
+	rc=0
+	wait $pid || rc=$?
+	[ "$rc" -eq 130 ]
+	[ -z "$(ls -A "$T/out")" ] || { ls -la "$T/out"; false; }
+}
