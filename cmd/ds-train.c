@@ -32,7 +32,7 @@ static const ds_option options[] = {
 	{ "no-shuffle", 0, DS_OPT_FLAG, NULL, "keep the stream's order in every epoch", NULL, NULL },
 	{ "checkpoint", 0, DS_OPT_STRING, "FILE", "checkpoint file (default: the output with .ckpt added)", NULL, NULL },
 	{ "checkpoint-every", 0, DS_OPT_INT, "N", "write the checkpoint every N steps (0: at epoch ends)", NULL, "0" },
-	{ "teacher", 0, DS_OPT_STRING, "MODEL", "distil from MODEL (not available yet)", NULL, NULL },
+	{ "teacher", 0, DS_OPT_STRING, "MODEL", "distil from MODEL: (1-W) cross-entropy + W T^2 KL(teacher || student)", NULL, NULL },
 	{ "temperature", 0, DS_OPT_FLOAT, "T", "distillation temperature", NULL, "4" },
 	{ "distill-weight", 0, DS_OPT_FLOAT, "W", "weight of the distillation loss", NULL, "0.5" },
 	{ NULL, 0, 0, NULL, NULL, NULL, NULL }

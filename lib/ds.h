@@ -627,7 +627,7 @@ typedef struct ds_train_options {
 	double dropout;              /* < 0 keeps the architecture's; else every dropout's p */
 	unsigned augment;
 	int no_shuffle;
-	const char *teacher;         /* distillation (not yet available: status 2) */
+	const char *teacher;         /* distil from this model (its logits, softened by temperature) */
 	double temperature, distill_weight;
 	uint64_t seed;
 	ds_device device;

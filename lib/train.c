@@ -85,6 +85,7 @@ uint64_t ds_mix64(uint64_t a, uint64_t b, uint64_t c)
 
 #define LOSS_VALUE "ds.train.loss"
 #define LABEL_VALUE "ds.train.labels"
+#define TEACHER_VALUE "ds.train.teacher"
 
 struct trainer {
 	ds_train_options o;
@@ -99,6 +100,14 @@ struct trainer {
 	ds_optim *opt;
 	ds_loader *loader, *vloader;
 	char *input, *logits;
+
+	/* --teacher: its model, graph and inference plan, whose logits feed
+	 * the distill node of the training graph each batch. */
+	ds_container *teacher;
+	ds_graph *teacher_g;
+	ds_plan *teacher_plan;
+	const char *teacher_input, *teacher_logits;
+	int64_t teacher_classes;
 	int64_t classes, item_elems;
 	size_t item_bytes;
 
@@ -207,10 +216,28 @@ static int training_graph(struct trainer *t, ds_error *err)
 	}
 	json_array_append_new(json_object_get(graph, "inputs"),
 			      json_pack("{s:s, s:s, s:[i]}", "name", LABEL_VALUE, "dtype", "I32", "shape", -1));
-	json_array_append_new(nodes, json_pack("{s:s, s:s, s:[s, s], s:[s], s:{s:f}}", "op", "cross_entropy",
-					       "name", LOSS_VALUE, "inputs", t->logits, LABEL_VALUE,
-					       "outputs", LOSS_VALUE, "attrs", "label_smoothing",
-					       t->o.label_smoothing));
+	if (!t->teacher) {
+		json_array_append_new(nodes, json_pack("{s:s, s:s, s:[s, s], s:[s], s:{s:f}}", "op", "cross_entropy",
+						       "name", LOSS_VALUE, "inputs", t->logits, LABEL_VALUE,
+						       "outputs", LOSS_VALUE, "attrs", "label_smoothing",
+						       t->o.label_smoothing));
+	} else {
+		/* loss = (1 - w) cross-entropy + w T^2 KL(teacher || student),
+		 * both softened by T, as Hinton et al. define distillation. */
+		json_array_append_new(json_object_get(graph, "inputs"),
+				      json_pack("{s:s, s:s, s:[i, I]}", "name", TEACHER_VALUE, "dtype", "F32",
+						"shape", -1, (json_int_t)t->teacher_classes));
+		json_array_append_new(nodes, json_pack("{s:s, s:s, s:[s, s], s:[s], s:{s:f, s:f}}", "op",
+						       "cross_entropy", "name", "ds.train.loss.hard", "inputs", t->logits,
+						       LABEL_VALUE, "outputs", "ds.train.loss.hard", "attrs", "label_smoothing",
+						       t->o.label_smoothing, "weight", 1.0 - t->o.distill_weight));
+		json_array_append_new(nodes, json_pack("{s:s, s:s, s:[s, s], s:[s], s:{s:f, s:f}}", "op", "distill",
+						       "name", "ds.train.loss.soft", "inputs", t->logits, TEACHER_VALUE,
+						       "outputs", "ds.train.loss.soft", "attrs", "temperature", t->o.temperature,
+						       "weight", t->o.distill_weight));
+		json_array_append_new(nodes, json_pack("{s:s, s:s, s:[s, s], s:[s]}", "op", "add", "name", LOSS_VALUE,
+						       "inputs", "ds.train.loss.hard", "ds.train.loss.soft", "outputs", LOSS_VALUE));
+	}
 	json_array_insert_new(outputs, 0, json_string(LOSS_VALUE));
 	if (!(text = json_dumps(graph, JSON_COMPACT))) {
 		rc = nomem(err);
@@ -487,6 +514,25 @@ static int forward_batch(struct trainer *t, const ds_tensor *x, const ds_tensor 
 		return ds_error_set(err, DS_ERR_RUN, "plan", "the plan has no input '%s'", px ? LABEL_VALUE : t->input);
 	memcpy(px->data, x->data, (size_t)n * t->item_bytes);
 	memcpy(py->data, y->data, (size_t)n * sizeof(int32_t));
+	if (t->teacher_plan) {
+		ds_tensor *tx, *tl, *pt;
+
+		if ((rc = ds_plan_set_batch(t->teacher_plan, n, err)))
+			return rc;
+		tx = ds_plan_tensor(t->teacher_plan, t->teacher_input);
+		pt = ds_plan_tensor(t->plan, TEACHER_VALUE);
+		if (!tx || !pt)
+			return ds_error_set(err, DS_ERR_RUN, "plan", "the teacher's plan has no input '%s'",
+					    t->teacher_input);
+		memcpy(tx->data, x->data, (size_t)n * t->item_bytes);
+		if ((rc = ds_plan_forward(t->teacher_plan, 0, key, err))) {
+			ds_error_prefix(err, "teacher");
+			return rc;
+		}
+		if (!(tl = ds_plan_tensor(t->teacher_plan, t->teacher_logits)))
+			return ds_error_set(err, DS_ERR_RUN, "plan", "the teacher's plan kept no logits");
+		memcpy(pt->data, tl->data, (size_t)n * (size_t)t->teacher_classes * sizeof(float));
+	}
 	if ((rc = ds_plan_forward(t->plan, training, key, err)))
 		return rc;
 	pl = ds_plan_tensor(t->plan, LOSS_VALUE);
@@ -730,6 +776,51 @@ static int write_output(struct trainer *t, json_t *figures, ds_error *err)
 	return rc;
 }
 
+/* The teacher of --teacher: a model whose first input takes the same items
+ * and whose first output is [N, K] logits. */
+static int load_teacher(struct trainer *t, ds_error *err)
+{
+	const ds_shape *s;
+	int rc;
+
+	if ((rc = ds_container_load(t->o.teacher, 0, &t->teacher, err)))
+		return rc;
+	if ((rc = ds_graph_from_model(t->teacher, &t->teacher_g, err))) {
+		ds_error_prefix(err, "%s", t->o.teacher);
+		return rc;
+	}
+	if (!ds_graph_input_count(t->teacher_g) || !ds_graph_output_count(t->teacher_g))
+		return ds_error_set(err, DS_ERR_DATA, "bad_graph", "%s: the teacher's graph has no input or output",
+				    t->o.teacher);
+	t->teacher_input = ds_graph_input_name(t->teacher_g, 0);
+	t->teacher_logits = ds_graph_output_name(t->teacher_g, 0);
+	s = ds_graph_shape(t->teacher_g, t->teacher_logits);
+	if (!s || s->ndim != 2 || s->dtype != DS_F32)
+		return ds_error_set(err, DS_ERR_DATA, "teacher_mismatch", "%s: output '%s' is not [N, K] F32 logits",
+				    t->o.teacher, t->teacher_logits);
+	t->teacher_classes = s->dim[1];
+	return 0;
+}
+
+/* Teacher and student must see the same items and the same classes. */
+static int check_teacher(struct trainer *t, ds_error *err)
+{
+	const ds_shape *a = ds_graph_shape(t->g, t->input), *b = ds_graph_shape(t->teacher_g, t->teacher_input);
+	int same = a && b && a->ndim == b->ndim && a->dtype == b->dtype;
+
+	for (int d = 1; same && d < a->ndim; d++)
+		same = a->dim[d] == b->dim[d];
+	if (!same)
+		return ds_error_set(err, DS_ERR_DATA, "teacher_mismatch",
+				    "%s: the teacher's input '%s' does not take the student's items", t->o.teacher,
+				    t->teacher_input);
+	if (t->teacher_classes != t->classes)
+		return ds_error_set(err, DS_ERR_DATA, "teacher_mismatch",
+				    "%s: the teacher has %" PRId64 " classes, the student %" PRId64, t->o.teacher,
+				    t->teacher_classes, t->classes);
+	return 0;
+}
+
 static int setup(struct trainer *t, ds_error *err)
 {
 	ds_train_options *o = &t->o;
@@ -739,10 +830,6 @@ static int setup(struct trainer *t, ds_error *err)
 
 	if (o->device.kind == DS_DEVICE_CUDA)
 		return ds_error_set(err, DS_ERR_RUN, "no_cuda", "ds-train has no CUDA kernels yet: use --device cpu");
-	if (o->teacher)
-		return ds_error_set(err, DS_ERR_RUN, "not_available",
-				    "--teacher: distillation is not available yet (the engine takes no gradient "
-				    "from outside the graph)");
 	if (!o->data)
 		return ds_error_set(err, DS_ERR_USAGE, "usage", "--data: no training stream given");
 	if (!o->output)
@@ -761,7 +848,14 @@ static int setup(struct trainer *t, ds_error *err)
 		return rc;
 	if (o->val_split > 0 && (rc = ds_dataset_split(t->train, o->val_split, o->seed, &t->val, err)))
 		return rc;
+	if (o->teacher && !(o->temperature > 0 && o->distill_weight >= 0 && o->distill_weight <= 1))
+		return ds_error_set(err, DS_ERR_USAGE, "usage",
+				    "--temperature must be above 0 and --distill-weight in [0, 1]");
+	if (o->teacher && (rc = load_teacher(t, err)))
+		return rc;
 	if ((rc = load_model(t, err)) || (rc = training_graph(t, err)) || (rc = find_classes(t, err)))
+		return rc;
+	if (o->teacher && (rc = check_teacher(t, err)))
 		return rc;
 	if ((o->finetune || o->resume) && (rc = check_labels(t, t->train, o->data, err)))
 		return rc;
@@ -792,6 +886,10 @@ static int setup(struct trainer *t, ds_error *err)
 	/* --epochs 0 only writes the model: no arena for a step never taken. */
 	if (o->epochs == 0 && !o->resume)
 		return 0;
+	if (t->teacher && ((rc = ds_plan_new(t->teacher_g, t->teacher, o->batch, NULL, o->device,
+					     &t->teacher_plan, err)) ||
+			   (rc = ds_plan_keep(t->teacher_plan, t->teacher_logits, err))))
+		return rc;
 	if ((rc = ds_plan_new(t->g, t->model, o->batch, LOSS_VALUE, o->device, &t->plan, err)) ||
 	    (rc = ds_plan_keep(t->plan, t->logits, err)) ||
 	    (rc = ds_optim_new(&o->optim, t->plan, &t->opt, err)))
@@ -864,6 +962,9 @@ out:
 	ds_optim_free(t.opt);
 	ds_plan_free(t.plan);
 	ds_graph_free(t.g);
+	ds_plan_free(t.teacher_plan);
+	ds_graph_free(t.teacher_g);
+	ds_container_free(t.teacher);
 	ds_loader_free(t.loader);
 	ds_loader_free(t.vloader);
 	ds_container_free(t.model);

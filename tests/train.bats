@@ -196,8 +196,31 @@ PY
 	[ "$status" -eq 2 ]
 	run ds-train --data "$T/d.dst" -o "$T/m.dsm" --device cuda
 	[ "$status" -eq 1 ]
-	run ds-train --data "$T/d.dst" -o "$T/m.dsm" --teacher "$T/m.dsm"
-	[ "$status" -eq 1 ]
+	run ds-train --data "$T/d.dst" -o "$T/m.dsm" --teacher "$T/m.dsm" --distill-weight 2
+	[ "$status" -eq 2 ]
+}
+
+@test "distillation: a student learns from a teacher, which must fit the data" {
+	frame "$T/toy.dst" learnable 320
+	ds-train -q --data "$T/toy.dst" --arch mlp --epochs 4 --batch 32 --seed 1 -o "$T/teacher.dsm"
+	ds-train -q --data "$T/toy.dst" --arch cnn-small --epochs 3 --batch 32 --seed 2 \
+		--teacher "$T/teacher.dsm" --temperature 2 --distill-weight 0.7 \
+		-o "$T/student.dsm" --log "$T/log.jsonl"
+	"$PY" - "$T/log.jsonl" <<'PY'
+import json, sys
+losses = [e["loss"] for e in map(json.loads, open(sys.argv[1])) if e["event"] == "step"]
+assert losses[-1] < 0.5 * losses[0], losses
+PY
+	[ "$(info "$T/student.dsm" "d['graph']['parameters']")" -gt 100000 ]
+	# A teacher that takes other inputs is bad data.
+	data
+	mkdir -p "$T/small"
+	ds-clean -q "$T/idx/t-images-idx3-ubyte" --size 14x14 -o "$T/small/d.dst" --report /dev/null
+	ds-train -q --data "$T/small/d.dst" --arch mlp --epochs 1 -o "$T/small.dsm"
+	run ds-train -q --data "$T/d.dst" --arch mlp --epochs 1 --teacher "$T/small.dsm" -o "$T/x.dsm"
+	[ "$status" -eq 3 ]
+	[[ "$output" == *"does not take the student's items"* ]]
+	[ ! -e "$T/x.dsm" ]
 }
 
 @test "an architecture file trains" {

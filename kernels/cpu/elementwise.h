@@ -148,4 +148,13 @@ double ds_cpu_cross_entropy_forward(const float *logits, const void *labels, int
 void ds_cpu_cross_entropy_backward(const float *probs, const void *labels, int labels64, int64_t n,
 				   int64_t k, float smoothing, float scale, float *dlogits);
 
+/* Knowledge distillation: T^2 * mean over rows of KL(softmax(teacher/T) ||
+ * softmax(student/T)).  qs and qt (n * k floats each) keep the softened
+ * distributions for backward; row_loss holds n doubles of scratch. */
+double ds_cpu_distill_forward(const float *student, const float *teacher, int64_t n, int64_t k,
+			      float temperature, float *qs, float *qt, double *row_loss);
+/* dstudent += scale * T * (qs - qt) / n */
+void ds_cpu_distill_backward(const float *qs, const float *qt, int64_t n, int64_t k, float temperature,
+			     float scale, float *dstudent);
+
 #endif

@@ -136,3 +136,55 @@ void ds_cpu_cross_entropy_backward(const float *probs, const void *labels, int l
 		d[y] -= g * on;
 	}
 }
+
+/* Knowledge distillation, one row: softened distributions q = softmax(x/T)
+ * of student and teacher into qs and qt, and KL(qt || qs) in double. */
+static double kd_row(const float *s, const float *t, int64_t k, float temperature, float *qs, float *qt)
+{
+	double ls = 0, lt = 0, kl = 0, ms = s[0] / temperature, mt = t[0] / temperature;
+
+	for (int64_t j = 1; j < k; j++) {
+		ms = fmax(ms, s[j] / temperature);
+		mt = fmax(mt, t[j] / temperature);
+	}
+	for (int64_t j = 0; j < k; j++) {
+		ls += exp(s[j] / temperature - ms);
+		lt += exp(t[j] / temperature - mt);
+	}
+	ls = ms + log(ls);
+	lt = mt + log(lt);
+	for (int64_t j = 0; j < k; j++) {
+		double log_qs = s[j] / temperature - ls, log_qt = t[j] / temperature - lt, p = exp(log_qt);
+
+		qs[j] = (float)exp(log_qs);
+		qt[j] = (float)p;
+		kl += p * (log_qt - log_qs);
+	}
+	return kl;
+}
+
+double ds_cpu_distill_forward(const float *student, const float *teacher, int64_t n, int64_t k,
+			      float temperature, float *qs, float *qt, double *row_loss)
+{
+	double total = 0;
+
+#pragma omp parallel for schedule(static) if (n * k >= DS_CPU_PAR_MIN / 4)
+	for (int64_t i = 0; i < n; i++)
+		row_loss[i] = kd_row(student + i * k, teacher + i * k, k, temperature, qs + i * k, qt + i * k);
+	/* Summed in row order whatever the threads: the loss is reproducible. */
+	for (int64_t i = 0; i < n; i++)
+		total += row_loss[i];
+	return n ? (double)temperature * temperature * total / (double)n : 0.0;
+}
+
+void ds_cpu_distill_backward(const float *qs, const float *qt, int64_t n, int64_t k, float temperature,
+			     float scale, float *dstudent)
+{
+	/* d/ds of T^2 KL(qt || softmax(s/T)) is T (qs - qt), per row; the
+	 * loss is the mean over rows. */
+	float g = n ? scale * temperature / (float)n : 0.0f;
+
+#pragma omp parallel for schedule(static) if (n * k >= DS_CPU_PAR_MIN)
+	for (int64_t i = 0; i < n * k; i++)
+		dstudent[i] += g * (qs[i] - qt[i]);
+}

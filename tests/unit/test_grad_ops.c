@@ -498,6 +498,30 @@ static void shapes(void)
 	gc_free(&c);
 }
 
+/* Distillation: the gradient against the student's logits; the teacher's
+ * take none.  A student equal to its teacher has loss 0. */
+static void distill(void)
+{
+	const int64_t *two[] = { S(6, 5), S(6, 5) };
+	const int64_t *big[] = { S(300, 10), S(300, 10) };
+	static const ds_dtype ff[] = { DS_F32, DS_F32 };
+	struct gc_case c;
+	ds_error err = { 0 };
+
+	check("distill", NULL, two, ff, 2, 1, 1, 1e-2, NULL);
+	check("distill", "{\"temperature\":2, \"weight\":0.5}", two, ff, 2, 1, 1, 1e-2, NULL);
+	check("distill", "{\"temperature\":1}", big, ff, 2, 1, 1, 5e-2, NULL);
+	if (gc_setup(&c, "distill", "{\"temperature\":3}", two, ff, 2, 1, 1) == 0) {
+		memcpy(c.in[1]->data, c.in[0]->data, ds_tensor_nbytes(c.in[0]));
+		ok(gc_forward(&c, &err) == 0 && fabs(fdata(c.out[0])[0]) < 1e-6,
+		   "distill from an identical teacher is 0");
+		ok(c.grad_in[1] == NULL, "the teacher's logits take no gradient");
+	} else {
+		ok(0, "distill set-up");
+	}
+	gc_free(&c);
+}
+
 static void cross_entropy(void)
 {
 	const int64_t *ce[] = { S(6, 5), S(6) };
@@ -514,6 +538,7 @@ static void cross_entropy(void)
 	 * gradient entry small against the float rounding of the loss that
 	 * finite differences see: a looser bound. */
 	check("cross_entropy", NULL, big, fi, 2, 100, 1, 5e-2, NULL);
+	check("cross_entropy", "{\"weight\":0.3}", ce, fi, 2, 5, 1, 1e-2, NULL);
 
 	/* logits [[1,2,3],[1,1,1]], labels [2,0]: mean of log(e+e^2+e^3)-3
 	 * and log 3; smoothing 0.1 as PyTorch defines it. */
@@ -671,6 +696,7 @@ int main(void)
 	add_mul();
 	shapes();
 	cross_entropy();
+	distill();
 	embeddings();
 	thread_independence();
 	return done_testing();

@@ -98,7 +98,7 @@ static void test_registry(void)
 		"conv2d", "linear", "batchnorm", "layernorm", "relu", "relu6", "leaky_relu", "gelu",
 		"sigmoid", "tanh", "silu", "hardswish", "max_pool", "avg_pool", "global_avg_pool",
 		"add", "mul", "concat", "flatten", "reshape", "dropout", "softmax", "cross_entropy",
-		"embedding", "embedding_bag",
+		"distill", "embedding", "embedding_bag",
 	};
 	int sorted = 1, found = 1;
 
@@ -546,6 +546,24 @@ static void test_loss_embedding(void)
 		    "'nodes':[{'op':'cross_entropy','name':'loss','inputs':['x','labels'],'outputs':['l']}],"
 		    "'outputs':['l']}", NULL, "shape_mismatch", "labels 'labels' [2] do not match",
 		    "cross_entropy label count");
+	g = parse_ok("{'inputs':[{'name':'s','dtype':'F32','shape':[-1,10]},"
+		     "{'name':'t','dtype':'F32','shape':[-1,10]}],"
+		     "'nodes':[{'op':'distill','name':'kd','inputs':['s','t'],'outputs':['l'],"
+		     "'attrs':{'temperature':2,'weight':0.5}}],'outputs':['l']}", NULL, "distill");
+	if (g) {
+		is_str(shape_of(g, "l"), "[]", "distill: scalar");
+		ds_graph_free(g);
+	}
+	parse_fails("{'inputs':[{'name':'s','dtype':'F32','shape':[-1,10]},"
+		    "{'name':'t','dtype':'F32','shape':[-1,9]}],"
+		    "'nodes':[{'op':'distill','name':'kd','inputs':['s','t'],'outputs':['l']}],"
+		    "'outputs':['l']}", NULL, "shape_mismatch", "teacher logits 't' [1, 9] do not match",
+		    "distill class count");
+	parse_fails("{'inputs':[{'name':'s','dtype':'F32','shape':[-1,10]},"
+		    "{'name':'t','dtype':'F32','shape':[-1,10]}],"
+		    "'nodes':[{'op':'distill','name':'kd','inputs':['s','t'],'outputs':['l'],"
+		    "'attrs':{'temperature':0}}],'outputs':['l']}", NULL, "bad_attr", "temperature",
+		    "distill temperature 0");
 	ds_container_free(c);
 }
 
