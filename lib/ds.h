@@ -594,6 +594,8 @@ typedef struct ds_loader_options {
 } ds_loader_options;
 
 typedef struct ds_loader ds_loader;
+/* The loader reads the dataset from its own thread: free it before the
+ * dataset, and do not split a dataset a loader is reading. */
 int ds_loader_new(const ds_dataset *d, const ds_loader_options *o, ds_loader **out, ds_error *err);
 void ds_loader_free(ds_loader *l);
 int64_t ds_loader_batches(const ds_loader *l);   /* per epoch; the last may be short */

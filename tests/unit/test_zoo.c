@@ -291,6 +291,11 @@ static void test_loader(void)
 	ok(memcmp(a, c, sizeof a), "the next epoch another");
 	order_of(l2, 1, b, 23);
 	ok(!memcmp(b, c, sizeof b), "seeking to an epoch gives its order");
+	/* A loader's worker reads the data set ahead of the caller: it must
+	 * go before the data set is split or freed. */
+	ds_loader_free(l);
+	ds_loader_free(l2);
+	l = l2 = NULL;
 
 	zo.preprocess = pre;
 	ok(ds_zoo_build(&zo, &m, &err) == 0 && ds_graph_from_model(m, &g, &err) == 0, "mlp at 4x4");
