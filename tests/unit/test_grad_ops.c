@@ -27,60 +27,7 @@ static float *fdata(const ds_tensor *t)
 static double check(const char *op, const char *attrs, const int64_t *const *shapes, const ds_dtype *dtypes,
 		    int n_in, int int_max, int training, double tol, prep_fn prep)
 {
-	struct gc_case c;
-	ds_error err = { 0 };
-	double worst = 0;
-	int fail = 0;
-
-	if (!prep)
-		return gc_check(op, attrs, shapes, dtypes, n_in, int_max, training, tol);
-	if (gc_setup(&c, op, attrs, shapes, dtypes, n_in, int_max, training) != 0) {
-		ok(0, "gradcheck %s %s: set-up", op, attrs ? attrs : "");
-		gc_free(&c);
-		return INFINITY;
-	}
-	prep(&c);
-	if (gc_forward(&c, &err) != 0 || gc_backward(&c, &err) != 0) {
-		ok(0, "gradcheck %s %s: %s", op, attrs ? attrs : "", err.message);
-		gc_free(&c);
-		return INFINITY;
-	}
-	for (int i = 0; i < c.n_in && !fail; i++) {
-		int64_t n;
-		double scale = 1e-3;
-
-		if (!c.grad_in[i])
-			continue;
-		n = ds_tensor_numel(c.in[i]);
-		for (int64_t k = 0; k < n; k++)
-			scale = fmax(scale, fabs(fdata(c.grad_in[i])[k]));
-		for (int64_t k = 0; k < n; k += n > 200 ? n / 200 + 1 : 1) {
-			float *x = fdata(c.in[i]) + k, keep = *x;
-			const float h = 1e-2f;
-			double up, down, fd, an, e;
-
-			*x = keep + h;
-			gc_forward(&c, &err);
-			up = gc_loss(&c);
-			*x = keep - h;
-			gc_forward(&c, &err);
-			down = gc_loss(&c);
-			*x = keep;
-			fd = (up - down) / (2.0 * h);
-			an = fdata(c.grad_in[i])[k];
-			e = fabs(fd - an) / scale;
-			if (e > worst)
-				worst = e;
-			if (e > tol && !fail) {
-				diag("%s %s: d/d in%d[%lld]: backward %.6g, finite difference %.6g", op,
-				     attrs ? attrs : "", i, (long long)k, an, fd);
-				fail = 1;
-			}
-		}
-	}
-	ok(!fail, "gradcheck %s %s (worst relative error %.2g)", op, attrs ? attrs : "", worst);
-	gc_free(&c);
-	return worst;
+	return gc_check_prep(op, attrs, shapes, dtypes, n_in, int_max, training, tol, prep);
 }
 
 /* Inputs at least 0.1 from 0, the kink of relu, relu6 and leaky_relu
