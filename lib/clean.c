@@ -753,7 +753,7 @@ static int64_t seen_find_or_add(struct clean *c, ds_hash128 h, int64_t item, ds_
 		c->seen_cap = cap;
 	}
 	mask = c->seen_cap - 1;
-	for (i = c->seen_cap ? h.lo & mask : 0; c->seen[i].item >= 0; i = (i + 1) & mask)
+	for (i = h.lo & mask; c->seen[i].item >= 0; i = (i + 1) & mask)
 		if (c->seen[i].hash.lo == h.lo && c->seen[i].hash.hi == h.hi)
 			return c->seen[i].item;
 	c->seen[i].hash = h;

@@ -15,13 +15,11 @@ static const char *const distill_attrs[] = { "temperature", "weight", NULL };
 static int cross_entropy_infer(const ds_node *node, const ds_shape *in, int n_in, ds_shape *out,
 			       ds_error *err)
 {
-	double smoothing;
+	double smoothing, weight;
 	char ls[128], ys[128];
 	int rc;
 
 	(void)n_in;
-	double weight;
-
 	if ((rc = ds_op_attr_float(node, "label_smoothing", 0.0, 0.0, 1.0, &smoothing, err)) ||
 	    (rc = ds_op_attr_float(node, "weight", 1.0, 0.0, 1e6, &weight, err)) ||
 	    (rc = ds_op_check_ndim(node, in, 0, 2, 2, err)) ||
