@@ -538,6 +538,30 @@ typedef struct ds_schedule {
 } ds_schedule;
 double ds_schedule_lr(const ds_schedule *s, int64_t step);
 
+/* ------------------------------------------------------------------ models */
+
+/* A model ready to run: its container, its graph, and what ds-infer needs
+ * beside them.  The first graph input takes the data and the first graph
+ * output is the prediction ([N, K] logits for classifiers). */
+typedef struct ds_model {
+	char *path;                  /* as given ("-" for stdin) */
+	ds_container *c;
+	ds_graph *g;
+	json_t *preprocess;          /* ds.preprocess, or NULL */
+	json_t *labels;              /* ds.labels (array), or NULL */
+	const char *input;           /* first graph input */
+	const char *output;          /* first graph output */
+	int64_t classes;             /* K of an [N, K] output; 0 otherwise */
+} ds_model;
+
+/* Load and check a model file ("-": stdin): a readable container (5), with
+ * ds.format model/1 when present and a valid graph with at least one input
+ * and one output (3, naming the file).  flags: DS_LOAD_*. */
+int ds_model_load(const char *path, unsigned flags, ds_model **out, ds_error *err);
+void ds_model_free(ds_model *m);
+/* Size in bytes of the model's tensors (what ds-bench reports as size). */
+uint64_t ds_model_bytes(const ds_model *m);
+
 /* ------------------------------------------------------ training programs */
 
 /* The built-in architectures (ds-train.1) and JSON architecture files

@@ -1,0 +1,6 @@
+#!/usr/bin/env bats
+load helpers
+
+@test "placeholder" {
+	true
+}
