@@ -47,6 +47,7 @@ typedef struct ds_conv2d_dims {
 	int64_t oh, ow;              /* output */
 	int64_t sh, sw, ph, pw, dh, dw;
 	int64_t groups;
+	int relu;                    /* forward only: ReLU after the bias */
 } ds_conv2d_dims;
 
 /* Which kernel a convolution takes. */

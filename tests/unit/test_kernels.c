@@ -1,7 +1,290 @@
+/* test_kernels.c - the fast CPU kernels against plain reference loops, over
+ * odd sizes, strides, padding, dilation, groups, batch 1 and short batches,
+ * and with the work split over threads or not. */
 #include "config.h"
 #include "tap.h"
+#include "cpu/conv.h"
+#include "cpu/elementwise.h"
+#include "ds.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static float frand(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (float)((rng >> 40) & 0xffff) / 32768.0f - 1.0f;
+}
+
+static float *randv(int64_t n)
+{
+	float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
+
+	for (int64_t i = 0; i < n; i++)
+		v[i] = frand();
+	return v;
+}
+
+/* Largest difference relative to the size of the sum's terms. */
+static double max_err(const float *a, const float *b, int64_t n, double scale)
+{
+	double e = 0;
+
+	for (int64_t i = 0; i < n; i++) {
+		double d = fabs((double)a[i] - b[i]) / scale;
+
+		if (d > e || d != d)
+			e = d != d ? INFINITY : d;
+	}
+	return e;
+}
+
+static void conv_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k,
+		      int64_t stride, int64_t pad, int64_t dil, int64_t groups, int bias, int relu)
+{
+	ds_conv2d_dims d = {
+		.n = n, .c = c, .h = h, .w = w, .o = o, .kh = k, .kw = k > 1 ? k - (k % 2 == 0) : k,
+		.sh = stride, .sw = stride, .ph = pad, .pw = pad > 0 ? pad - 1 : 0, .dh = dil, .dw = 1,
+		.groups = groups, .relu = relu,
+	};
+	int64_t xn, wn, yn;
+	float *x, *wt, *b, *y, *ref, *ws;
+	char what[200];
+
+	d.oh = (h + 2 * d.ph - d.dh * (d.kh - 1) - 1) / d.sh + 1;
+	d.ow = (w + 2 * d.pw - d.dw * (d.kw - 1) - 1) / d.sw + 1;
+	xn = n * c * h * w;
+	wn = o * (c / groups) * d.kh * d.kw;
+	yn = n * o * d.oh * d.ow;
+	x = randv(xn);
+	wt = randv(wn);
+	b = bias ? randv(o) : NULL;
+	y = randv(yn);
+	ref = randv(yn);
+	ws = calloc(ds_conv2d_workspace(&d) + 1, sizeof *ws);
+	ds_conv2d_forward(&d, x, wt, b, y, ws);
+	ds_conv2d_forward_ref(&d, x, wt, b, ref);
+	snprintf(what, sizeof what,
+		 "conv2d n%lld c%lld %lldx%lld o%lld k%lldx%lld s%lld p%lld,%lld d%lld g%lld%s%s",
+		 (long long)n, (long long)c, (long long)h, (long long)w, (long long)o,
+		 (long long)d.kh, (long long)d.kw, (long long)stride, (long long)d.ph,
+		 (long long)d.pw, (long long)dil, (long long)groups, bias ? " bias" : "",
+		 relu ? " relu" : "");
+	ok(max_err(y, ref, yn, sqrt((double)(c / groups * d.kh * d.kw)) + 1) < 1e-5, "%s", what);
+	free(x);
+	free(wt);
+	free(b);
+	free(y);
+	free(ref);
+	free(ws);
+}
+
+static void test_conv(void)
+{
+	/* The shapes of the zoo: cnn-small, resnet-s, their batch-1 forms. */
+	conv_case(3, 1, 28, 28, 32, 3, 1, 1, 1, 1, 1, 0);
+	conv_case(1, 1, 28, 28, 32, 3, 1, 1, 1, 1, 1, 1);
+	conv_case(5, 32, 14, 14, 64, 3, 1, 1, 1, 1, 1, 1);
+	conv_case(1, 32, 14, 14, 64, 3, 1, 1, 1, 1, 1, 0);
+	conv_case(2, 16, 28, 28, 16, 3, 1, 1, 1, 1, 0, 0);
+	conv_case(1, 64, 7, 7, 64, 3, 1, 1, 1, 1, 0, 1);
+	conv_case(2, 16, 28, 28, 32, 3, 2, 1, 1, 1, 0, 0);
+	/* Odd sizes: channels off the 8-block, widths off the vector, tails. */
+	conv_case(3, 3, 5, 7, 13, 3, 1, 1, 1, 1, 1, 1);
+	conv_case(1, 5, 9, 11, 7, 5, 1, 2, 1, 1, 1, 0);
+	conv_case(2, 4, 6, 6, 9, 3, 1, 0, 1, 1, 0, 1);
+	conv_case(1, 2, 1, 1, 3, 1, 1, 0, 1, 1, 1, 0);
+	conv_case(4, 6, 10, 3, 6, 3, 1, 1, 2, 2, 1, 1);
+	conv_case(3, 8, 12, 12, 12, 3, 1, 1, 1, 4, 1, 0);
+	conv_case(2, 4, 9, 9, 8, 4, 1, 2, 1, 1, 1, 0);
+	conv_case(1, 3, 17, 19, 17, 7, 1, 3, 1, 1, 1, 1);
+	conv_case(2, 6, 8, 8, 6, 3, 1, 1, 1, 6, 1, 1);
+	conv_case(3, 5, 9, 9, 10, 1, 1, 0, 1, 1, 1, 1);
+	conv_case(2, 4, 9, 9, 6, 3, 2, 1, 1, 2, 1, 1);
+	conv_case(1, 40, 33, 33, 24, 3, 1, 1, 1, 1, 1, 0);
+	/* Too large a padded image for the direct kernel: im2col, then ReLU. */
+	conv_case(2, 64, 50, 50, 8, 3, 1, 1, 1, 1, 1, 1);
+}
+
+/* The 2x2 stride-2 pool against the plain window loop, with ties (small
+ * integers) and NaNs, odd widths and heights, rows longer than a vector. */
+static void pool_case(int64_t n, int64_t c, int64_t h, int64_t w, int nans)
+{
+	ds_pool_dims d = { .n = n, .c = c, .h = h, .w = w, .oh = h / 2, .ow = w / 2,
+			   .kh = 2, .kw = 2, .sh = 2, .sw = 2 };
+	int64_t xn = n * c * h * w, yn = n * c * d.oh * d.ow, bad = 0;
+	float *x = malloc((size_t)xn * sizeof *x), *y = malloc((size_t)yn * sizeof *y);
+	int32_t *idx = malloc((size_t)yn * sizeof *idx);
+	float *y2 = malloc((size_t)yn * sizeof *y2);
+
+	for (int64_t i = 0; i < xn; i++)
+		x[i] = (float)((int)(frand() * 4));
+	for (int i = 0; i < nans; i++)
+		x[(int64_t)((frand() + 1) / 2 * (float)(xn - 1))] = NAN;
+	ds_max_pool_forward(&d, x, y, idx);
+	ds_max_pool_forward(&d, x, y2, NULL);
+	for (int64_t pc = 0; pc < n * c; pc++)
+		for (int64_t oy = 0; oy < d.oh; oy++)
+			for (int64_t ox = 0; ox < d.ow; ox++) {
+				const float *xin = x + pc * h * w;
+				int64_t q = (pc * d.oh + oy) * d.ow + ox, at = 2 * oy * w + 2 * ox;
+				float best = xin[at];
+
+				for (int64_t k = 0; k < 4 && best == best; k++) {
+					int64_t i = (2 * oy + k / 2) * w + 2 * ox + k % 2;
+
+					if (xin[i] > best || xin[i] != xin[i]) {
+						best = xin[i];
+						at = i;
+					}
+				}
+				if (idx[q] != at || (best == best ? y[q] != best : y[q] == y[q]) ||
+				    memcmp(&y[q], &y2[q], sizeof y[q]))
+					bad++;
+			}
+	ok(bad == 0, "max_pool 2x2 n%lld c%lld %lldx%lld nans %d: %lld wrong", (long long)n,
+	   (long long)c, (long long)h, (long long)w, nans, (long long)bad);
+	free(x);
+	free(y);
+	free(y2);
+	free(idx);
+}
+
+static void test_pool(void)
+{
+	pool_case(2, 3, 28, 28, 0);
+	pool_case(1, 32, 28, 28, 5);
+	pool_case(3, 5, 14, 14, 3);
+	pool_case(2, 2, 7, 9, 2);
+	pool_case(1, 1, 2, 2, 0);
+	pool_case(2, 3, 66, 70, 20);
+	pool_case(40, 64, 14, 14, 0);
+}
+
+/* ReLU both ways against the plain rule, with NaN, -0 and lengths off the
+ * vector, above and below the size that splits the work. */
+static void test_relu(void)
+{
+	static const int64_t sizes[] = { 1, 15, 16, 17, 100, 32768 + 5, 100003 };
+
+	for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+		int64_t n = sizes[s], bad = 0;
+		float *x = randv(n + 1), *y = randv(n + 1), *dy = randv(n), *dx = randv(n);
+		float *dx0 = malloc((size_t)n * sizeof *dx0);
+
+		x[0] = NAN;
+		if (n > 3)
+			x[3] = -0.0f;
+		y[n] = 42.0f;
+		memcpy(dx0, dx, (size_t)n * sizeof *dx);
+		ds_cpu_act_forward(DS_CPU_RELU, 0.0f, x, y, n);
+		ds_cpu_act_backward(DS_CPU_RELU, 0.0f, x, dy, dx, n);
+		for (int64_t i = 0; i < n; i++) {
+			float want = x[i] > 0.0f ? x[i] : 0.0f, g = dx0[i] + (x[i] > 0.0f ? dy[i] : 0.0f);
+
+			if (memcmp(&y[i], &want, sizeof want) || dx[i] != g)
+				bad++;
+		}
+		ok(bad == 0 && y[n] == 42.0f, "relu forward and backward, n %lld: %lld wrong",
+		   (long long)n, (long long)bad);
+		free(x);
+		free(y);
+		free(dy);
+		free(dx);
+		free(dx0);
+	}
+}
+
+/* An inference plan runs its leading per-item nodes a chunk of items at a
+ * time, a thread per share of the batch (lib/plan.c); the logits must be
+ * those of the node-by-node run, which nested OpenMP levels force. */
+static void plan_case(const char *arch, int64_t batch, int64_t run)
+{
+	ds_error err = { 0 };
+	ds_container *m = NULL;
+	ds_graph *g = NULL;
+	ds_plan *p = NULL;
+	json_t *pre = json_pack("{s:s,s:i,s:i,s:i,s:f}", "kind", "image", "width", 28, "height", 28,
+				"channels", 1, "scale", 1 / 255.0);
+	ds_zoo_options zo = { .arch = arch, .preprocess = pre, .classes = 10, .seed = 3 };
+	float *want = NULL;
+	double e = INFINITY;
+	int64_t n = 0;
+
+	if (ds_zoo_build(&zo, &m, &err) || ds_graph_from_model(m, &g, &err) ||
+	    ds_plan_new(g, m, batch, NULL, (ds_device){ 0 }, &p, &err) ||
+	    ds_plan_set_batch(p, run, &err)) {
+		ok(0, "%s plan: %s", arch, err.message);
+		goto out;
+	}
+	{
+		ds_tensor *x = ds_plan_tensor(p, "x"), *y = ds_plan_tensor(p, "logits");
+		float *xd = x->data;
+
+		for (int64_t i = 0; i < ds_tensor_numel(x); i++)
+			xd[i] = frand();
+		n = ds_tensor_numel(y);
+		want = malloc((size_t)n * sizeof *want);
+#ifdef _OPENMP
+		omp_set_max_active_levels(2);
+#endif
+		if (ds_plan_forward(p, 0, 0, &err))
+			goto fail;
+		memcpy(want, y->data, (size_t)n * sizeof *want);
+#ifdef _OPENMP
+		omp_set_max_active_levels(1);
+#endif
+		if (ds_plan_forward(p, 0, 0, &err) || ds_plan_forward(p, 0, 1, &err))
+			goto fail;
+		e = max_err(y->data, want, n, 1.0);
+	}
+fail:
+	ok(e < 1e-5, "%s planned at %lld, run at %lld: chunked logits as node by node (%g)%s%s",
+	   arch, (long long)batch, (long long)run, e, err.status ? ": " : "", err.message);
+out:
+#ifdef _OPENMP
+	omp_set_max_active_levels(1);
+#endif
+	free(want);
+	ds_plan_free(p);
+	ds_graph_free(g);
+	ds_container_free(m);
+	json_decref(pre);
+}
+
+static void test_plan_chunks(void)
+{
+	plan_case("cnn-small", 9, 9);
+	plan_case("cnn-small", 64, 37);
+	plan_case("cnn-small", 8, 1);
+	plan_case("resnet-s", 7, 7);
+	plan_case("resnet-s", 12, 5);
+	plan_case("cnn-bn", 5, 4);
+	plan_case("mlp", 6, 6);
+}
+
 int main(void)
 {
-	ok(1, "placeholder");
+	test_plan_chunks();
+	test_relu();
+	test_pool();
+	test_conv();
+#ifdef _OPENMP
+	/* Again on one thread: the split and the unsplit paths differ. */
+	omp_set_num_threads(1);
+	test_conv();
+	omp_set_num_threads(3);
+	test_conv();
+	test_plan_chunks();
+#endif
 	return done_testing();
 }
