@@ -31,4 +31,21 @@ int ds_cuda_alloc(int device, size_t bytes, void **out, ds_error *err);
 void ds_cuda_release(void *ptr);
 int ds_cuda_copy(void *dst, ds_device dst_dev, const void *src, ds_device src_dev, size_t bytes, ds_error *err);
 
+/* Row-sparse parameter gradients (plan.c, read by optim.c).  An embedding
+ * table whose every gradient-taking reader is an embedding or embedding_bag
+ * node with "sparse": 1 keeps, beside its dense gradient tensor, the list of
+ * rows that backward has added into since the last ds_plan_zero_grad: the
+ * gradient is zero outside them.  The list holds each row once and is
+ * preallocated at plan time. */
+typedef struct ds_grad_rows {
+	const int64_t *rows;
+	size_t count;
+	int64_t width;           /* floats per row */
+} ds_grad_rows;
+
+/* 1 and *out filled when parameter i's gradient is row-sparse (the rows
+ * then in ascending order); 0 when it is dense (any element may be
+ * nonzero). */
+int ds_plan_grad_rows(ds_plan *p, size_t i, ds_grad_rows *out);
+
 #endif

@@ -12,6 +12,13 @@
  * PyTorch's first momentum step copies the gradient into the buffer; with
  * the buffer starting at zero and no dampening the formula gives the same.
  *
+ * Row-sparse gradients (embedding tables marked "sparse", ds_plan_grad_rows)
+ * are updated lazily, as torch.optim.SparseAdam does: only the rows the
+ * step's batches touched change, each by the same arithmetic as the dense
+ * update; the weights, momentum and m, v of the other rows stay as they
+ * are (no decay of the moments, no weight decay).  The bias corrections
+ * still count every step.
+ *
  * State travels in checkpoints as tensors opt.m.<param> (and opt.v.<param>
  * for AdamW) and the metadata ds.optim = {"kind", "step", "options"}.
  */
@@ -129,22 +136,65 @@ void ds_optim_free(ds_optim *opt)
 	free(opt);
 }
 
-static void sgd_update(float *w, const float *g, float *buf, int64_t n, float lr, float wd, float mom,
-		       int nesterov)
+struct sgd_step {
+	float lr, wd, mom;
+	int nesterov;
+};
+
+/* One element; the dense and the row-sparse loops share it so that a
+ * touched row changes exactly as under the dense update. */
+static inline void sgd_elem(float *w, const float *g, float *buf, int64_t e, const struct sgd_step *s)
+{
+	float d = g[e];
+
+	if (s->wd != 0.0f)
+		d = d + s->wd * w[e];
+	if (buf) {
+		float b = buf[e] * s->mom + d;
+
+		buf[e] = b;
+		d = s->nesterov ? d + s->mom * b : b;
+	}
+	w[e] = w[e] + -s->lr * d;
+}
+
+static void sgd_update(float *w, const float *g, float *buf, int64_t n, const struct sgd_step *s)
 {
 #pragma omp parallel for if (n > PARALLEL_MIN)
-	for (int64_t e = 0; e < n; e++) {
-		float d = g[e];
+	for (int64_t e = 0; e < n; e++)
+		sgd_elem(w, g, buf, e, s);
+}
 
-		if (wd != 0.0f)
-			d = d + wd * w[e];
-		if (buf) {
-			float b = buf[e] * mom + d;
+/* Rows of a large table lie far apart, each on its own page: the loop is
+ * bound by memory latency, so the rows PREFETCH_AHEAD on are fetched while
+ * this one is updated (BENCHMARKS.md, text-bag). */
+#define PREFETCH_AHEAD 8
 
-			buf[e] = b;
-			d = nesterov ? d + mom * b : b;
+static void prefetch_row(const float *a, int64_t off, int64_t width)
+{
+	for (int64_t e = 0; e < width; e += 16)
+		__builtin_prefetch(a + off + e, 1);
+}
+
+static void sgd_rows(float *w, const float *g, float *buf, const ds_grad_rows *r, const struct sgd_step *s)
+{
+	int64_t count = (int64_t)r->count, width = r->width;
+
+#pragma omp parallel for if (count * width > PARALLEL_MIN)
+	for (int64_t k = 0; k < count; k++) {
+		int64_t off = r->rows[k] * width;
+
+		if (k + PREFETCH_AHEAD < count) {
+			int64_t next = r->rows[k + PREFETCH_AHEAD] * width;
+
+			prefetch_row(w, next, width);
+			prefetch_row(g, next, width);
+			if (buf)
+				prefetch_row(buf, next, width);
 		}
-		w[e] = w[e] + -lr * d;
+#pragma omp simd
+		for (int64_t e = off; e < off + width; e++)
+			sgd_elem(w, g, buf, e, s);
 	}
 }
 
@@ -156,26 +206,55 @@ struct adamw_step {
 	float eps;
 };
 
+static inline void adamw_elem(float *w, const float *g, float *m, float *v, int64_t e,
+			      const struct adamw_step *s)
+{
+	float gi = g[e], mi = m[e], vi = v[e], denom;
+
+	w[e] = w[e] * s->decay;
+	/* torch.lerp with a weight below 0.5: start + weight * (end - start) */
+	mi = mi + s->one_minus_b1 * (gi - mi);
+	vi = vi * s->b2 + s->one_minus_b2 * (gi * gi);
+	denom = sqrtf(vi) / s->bc2_sqrt + s->eps;
+	w[e] = w[e] + -s->step_size * (mi / denom);
+	m[e] = mi;
+	v[e] = vi;
+}
+
 static void adamw_update(float *w, const float *g, float *m, float *v, int64_t n, const struct adamw_step *s)
 {
 #pragma omp parallel for if (n > PARALLEL_MIN)
-	for (int64_t e = 0; e < n; e++) {
-		float gi = g[e], mi = m[e], vi = v[e], denom;
+	for (int64_t e = 0; e < n; e++)
+		adamw_elem(w, g, m, v, e, s);
+}
 
-		w[e] = w[e] * s->decay;
-		/* torch.lerp with a weight below 0.5: start + weight * (end - start) */
-		mi = mi + s->one_minus_b1 * (gi - mi);
-		vi = vi * s->b2 + s->one_minus_b2 * (gi * gi);
-		denom = sqrtf(vi) / s->bc2_sqrt + s->eps;
-		w[e] = w[e] + -s->step_size * (mi / denom);
-		m[e] = mi;
-		v[e] = vi;
+static void adamw_rows(float *w, const float *g, float *m, float *v, const ds_grad_rows *r,
+		       const struct adamw_step *s)
+{
+	int64_t count = (int64_t)r->count, width = r->width;
+
+#pragma omp parallel for if (count * width > PARALLEL_MIN)
+	for (int64_t k = 0; k < count; k++) {
+		int64_t off = r->rows[k] * width;
+
+		if (k + PREFETCH_AHEAD < count) {
+			int64_t next = r->rows[k + PREFETCH_AHEAD] * width;
+
+			prefetch_row(w, next, width);
+			prefetch_row(g, next, width);
+			prefetch_row(m, next, width);
+			prefetch_row(v, next, width);
+		}
+#pragma omp simd
+		for (int64_t e = off; e < off + width; e++)
+			adamw_elem(w, g, m, v, e, s);
 	}
 }
 
 int ds_optim_step(ds_optim *opt, double lr, ds_error *err)
 {
 	struct adamw_step s = { 0 };
+	struct sgd_step sg = { (float)lr, (float)opt->o.weight_decay, (float)opt->o.momentum, opt->o.nesterov };
 
 	if (!isfinite(lr))
 		return ds_error_set(err, DS_ERR_USAGE, "bad_lr", "learning rate %g is not finite", lr);
@@ -193,16 +272,22 @@ int ds_optim_step(ds_optim *opt, double lr, ds_error *err)
 	}
 	for (size_t i = 0; i < opt->n; i++) {
 		ds_tensor *w = ds_plan_param(opt->plan, i), *g = ds_plan_grad(opt->plan, i);
+		float *buf = opt->m[i] ? opt->m[i]->data : NULL;
+		ds_grad_rows rows;
 		int64_t n;
 
 		if (!ds_plan_param_trainable(opt->plan, i) || !g)
 			continue;
 		n = ds_tensor_numel(w);
-		if (opt->adamw)
-			adamw_update(w->data, g->data, opt->m[i]->data, opt->v[i]->data, n, &s);
+		if (!ds_plan_grad_rows(opt->plan, i, &rows)) {
+			if (opt->adamw)
+				adamw_update(w->data, g->data, buf, opt->v[i]->data, n, &s);
+			else
+				sgd_update(w->data, g->data, buf, n, &sg);
+		} else if (opt->adamw)
+			adamw_rows(w->data, g->data, buf, opt->v[i]->data, &rows, &s);
 		else
-			sgd_update(w->data, g->data, opt->m[i] ? opt->m[i]->data : NULL, n, (float)lr,
-				   (float)opt->o.weight_decay, (float)opt->o.momentum, opt->o.nesterov);
+			sgd_rows(w->data, g->data, buf, &rows, &sg);
 	}
 	return 0;
 }

@@ -8,8 +8,17 @@
 #include <inttypes.h>
 #include <string.h>
 
-static const char *const no_attrs[] = { NULL };
-static const char *const embedding_bag_attrs[] = { "mode", NULL };
+/* "sparse": 1 asks the plan to keep the table's gradient row-sparse (only
+ * the rows of the ids seen are zeroed and updated; lib/plan.c). */
+static const char *const embedding_attrs[] = { "sparse", NULL };
+static const char *const embedding_bag_attrs[] = { "mode", "sparse", NULL };
+
+static int check_sparse(const ds_node *node, ds_error *err)
+{
+	int64_t sparse;
+
+	return ds_op_attr_int(node, "sparse", 0, 0, 1, &sparse, err);
+}
 
 /* ids I32/I64 [...], table [V, D] -> [..., D] */
 static int embedding_infer(const ds_node *node, const ds_shape *in, int n_in, ds_shape *out,
@@ -18,7 +27,8 @@ static int embedding_infer(const ds_node *node, const ds_shape *in, int n_in, ds
 	int rc;
 
 	(void)n_in;
-	if ((rc = ds_op_check_index_dtype(node, in, 0, err)) ||
+	if ((rc = check_sparse(node, err)) ||
+	    (rc = ds_op_check_index_dtype(node, in, 0, err)) ||
 	    (rc = ds_op_check_ndim(node, in, 0, 0, DS_MAX_DIMS - 1, err)) ||
 	    (rc = ds_op_check_ndim(node, in, 1, 2, 2, err)))
 		return rc;
@@ -37,6 +47,7 @@ static int embedding_bag_infer(const ds_node *node, const ds_shape *in, int n_in
 
 	(void)n_in;
 	if ((rc = ds_op_attr_choice(node, "mode", modes, 1, &mode, err)) ||
+	    (rc = check_sparse(node, err)) ||
 	    (rc = ds_op_check_index_dtype(node, in, 0, err)) ||
 	    (rc = ds_op_check_ndim(node, in, 0, 2, 2, err)) ||
 	    (rc = ds_op_check_ndim(node, in, 1, 2, 2, err)))
@@ -141,7 +152,7 @@ static int embedding_bag_backward(const ds_op_args *a, ds_error *err)
 }
 
 const ds_op ds_ops_embedding[] = {
-	{ .name = "embedding", .min_inputs = 2, .max_inputs = 2, .num_outputs = 1, .attrs = no_attrs, .infer = embedding_infer, .flops = ds_op_flops_zero,
+	{ .name = "embedding", .min_inputs = 2, .max_inputs = 2, .num_outputs = 1, .attrs = embedding_attrs, .infer = embedding_infer, .flops = ds_op_flops_zero,
 	  .forward = { [DS_BACKEND_CPU] = embedding_forward }, .backward = { [DS_BACKEND_CPU] = embedding_backward },
 	  .backward_needs = DS_NEEDS_IN(0), .no_grad = 1u << 0 },
 	{ .name = "embedding_bag", .min_inputs = 2, .max_inputs = 2, .num_outputs = 1, .attrs = embedding_bag_attrs, .infer = embedding_bag_infer, .flops = embedding_bag_flops,

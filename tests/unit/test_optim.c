@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -295,11 +296,192 @@ out:
 	fixture_free(&f);
 }
 
+/* ------------------------------------------------------------ sparse tables */
+
+#define BAG_V 20
+#define BAG_D 5
+#define BAG_L 6
+#define BAG_N 4
+
+static const char *bag_fmt =
+	"{\"inputs\": [{\"name\": \"x\", \"dtype\": \"I32\", \"shape\": [-1, 6]},"
+	"              {\"name\": \"y\", \"dtype\": \"I32\", \"shape\": [-1]}],"
+	" \"nodes\": ["
+	"  {\"op\": \"embedding_bag\", \"name\": \"bag\", \"inputs\": [\"x\", \"emb\"], \"outputs\": [\"e\"],"
+	"   \"attrs\": {\"mode\": \"sum\", \"sparse\": %d}},"
+	"  {\"op\": \"linear\", \"name\": \"fc\", \"inputs\": [\"e\", \"fc.weight\"], \"outputs\": [\"logits\"]},"
+	"  {\"op\": \"cross_entropy\", \"name\": \"ce\", \"inputs\": [\"logits\", \"y\"], \"outputs\": [\"loss\"]}],"
+	" \"outputs\": [\"loss\"]}";
+
+struct bag {
+	ds_container *params, *state;
+	ds_graph *graph;
+	ds_plan *plan;
+	ds_optim *opt;
+};
+
+static int bag_make(struct bag *b, int sparse, const ds_optim_options *o)
+{
+	int64_t es[2] = { BAG_V, BAG_D }, fs[2] = { 3, BAG_D };
+	ds_tensor *emb = ds_tensor_new(DS_F32, 2, es, DS_CPU, NULL), *fc = ds_tensor_new(DS_F32, 2, fs, DS_CPU, NULL);
+	ds_error err = { 0 };
+	char json[1024];
+
+	memset(b, 0, sizeof *b);
+	for (int e = 0; e < BAG_V * BAG_D; e++)
+		((float *)emb->data)[e] = 0.5f * sinf((float)e);
+	for (int e = 0; e < 3 * BAG_D; e++)
+		((float *)fc->data)[e] = 0.5f * cosf((float)e);
+	b->params = ds_container_new();
+	ds_container_add(b->params, "emb", emb, NULL);
+	ds_container_add(b->params, "fc.weight", fc, NULL);
+	ds_tensor_unref(emb);
+	ds_tensor_unref(fc);
+	snprintf(json, sizeof json, bag_fmt, sparse);
+	if (ds_graph_parse(json, b->params, &b->graph, &err) ||
+	    ds_plan_new(b->graph, b->params, BAG_N, "loss", DS_CPU, &b->plan, &err) ||
+	    ds_optim_new(o, b->plan, &b->opt, &err)) {
+		diag("bag: %s", err.message);
+		return -1;
+	}
+	return 0;
+}
+
+static void bag_free(struct bag *b)
+{
+	ds_optim_free(b->opt);
+	ds_plan_free(b->plan);
+	ds_graph_free(b->graph);
+	ds_container_free(b->params);
+	ds_container_free(b->state);
+}
+
+/* A forward and backward of n bags whose ids lie in [lo, hi), repeating. */
+static int bag_backward(struct bag *b, int n, int lo, int hi, int salt)
+{
+	int32_t *x = ds_plan_tensor(b->plan, "x")->data, *y = ds_plan_tensor(b->plan, "y")->data;
+	ds_error err = { 0 };
+
+	for (int r = 0; r < n; r++) {
+		y[r] = (r + salt) % 3;
+		for (int j = 0; j < BAG_L; j++)
+			x[r * BAG_L + j] = j > r + 2 ? -1 : lo + (r * 7 + j * 3 + salt) % (hi - lo);
+	}
+	if (ds_plan_set_batch(b->plan, n, &err) || ds_plan_forward(b->plan, 1, 1, &err) ||
+	    ds_plan_backward(b->plan, &err)) {
+		diag("bag backward: %s", err.message);
+		return -1;
+	}
+	return 0;
+}
+
+static int bag_step(struct bag *b, double lr)
+{
+	ds_error err = { 0 };
+
+	ds_container_free(b->state);
+	b->state = ds_container_new();
+	if (ds_optim_step(b->opt, lr, &err) || ds_optim_save(b->opt, b->state, &err)) {
+		diag("bag step: %s", err.message);
+		return -1;
+	}
+	ds_plan_zero_grad(b->plan);
+	return 0;
+}
+
+/* Row r of the table, or of its optimizer state ("opt.m.emb", ...). */
+static const float *bag_row(const struct bag *b, const char *what, int r)
+{
+	const ds_tensor *t = strcmp(what, "w") == 0 ? ds_container_get(b->params, "emb")
+						     : ds_container_get(b->state, what);
+
+	return t ? (const float *)t->data + r * BAG_D : NULL;
+}
+
+static int rows_same(const struct bag *a, const struct bag *b, const char *what, int lo, int hi)
+{
+	int same = 1;
+
+	for (int r = lo; r < hi; r++)
+		same &= bag_row(a, what, r) && bag_row(b, what, r) &&
+			memcmp(bag_row(a, what, r), bag_row(b, what, r), BAG_D * sizeof(float)) == 0;
+	return same;
+}
+
+/* Lazy updates: one step over rows 0..5 changes exactly those rows, as the
+ * dense step does; a second step of two accumulated backwards over rows
+ * 3..9 leaves rows 0..2 (weights and state) alone.  Without weight decay a
+ * dense step moves an untouched, never-touched row by exactly nothing, so
+ * there every row must match the dense run. */
+static void check_lazy(const char *what, ds_optim_options o)
+{
+	struct bag d, s;
+	int adamw = strcmp(o.kind, "adamw") == 0;
+	const char *state[2] = { adamw || o.momentum != 0 ? "opt.m.emb" : NULL, adamw ? "opt.v.emb" : NULL };
+	float before[3 * BAG_D], init[BAG_V * BAG_D];
+	int same = 1, moved = 0;
+
+	if (bag_make(&d, 0, &o) || bag_make(&s, 1, &o)) {
+		ok(0, "%s: bag fixture", what);
+		goto out;
+	}
+	memcpy(init, bag_row(&s, "w", 0), sizeof init);
+	bag_backward(&d, BAG_N, 0, 6, 0);
+	bag_backward(&s, BAG_N, 0, 6, 0);
+	bag_step(&d, 0.1);
+	bag_step(&s, 0.1);
+	same = rows_same(&d, &s, "w", 0, 6);
+	for (int k = 0; k < 2 && state[k]; k++)
+		same &= rows_same(&d, &s, state[k], 0, 6);
+	ok(same, "%s: touched rows step exactly as under the dense update", what);
+	ok(memcmp(bag_row(&s, "w", 6), init + 6 * BAG_D, (BAG_V - 6) * BAG_D * sizeof(float)) == 0,
+	   "%s: untouched rows keep their weights", what);
+	for (int r = 6; r < BAG_V; r++)
+		for (int k = 0; k < 2 && state[k]; k++)
+			for (int e = 0; e < BAG_D; e++)
+				moved |= bag_row(&s, state[k], r)[e] != 0.0f;
+	ok(!moved, "%s: and zero state", what);
+
+	memcpy(before, bag_row(&s, "w", 0), sizeof before);
+	bag_backward(&d, BAG_N, 3, 10, 1);
+	bag_backward(&s, BAG_N, 3, 10, 1);
+	bag_backward(&d, BAG_N - 1, 3, 10, 2);
+	bag_backward(&s, BAG_N - 1, 3, 10, 2);
+	bag_step(&d, 0.1);
+	bag_step(&s, 0.1);
+	ok(memcmp(before, bag_row(&s, "w", 0), sizeof before) == 0,
+	   "%s: rows a step did not touch stay as they were (lazy)", what);
+	if (o.weight_decay == 0) {
+		same = rows_same(&d, &s, "w", 3, BAG_V) &&
+		       memcmp(ds_container_get(d.params, "fc.weight")->data,
+			      ds_container_get(s.params, "fc.weight")->data, 3 * BAG_D * sizeof(float)) == 0;
+		for (int k = 0; k < 2 && state[k]; k++)
+			same &= rows_same(&d, &s, state[k], 3, BAG_V);
+		ok(same, "%s: after two accumulated backwards every other row matches the dense run", what);
+		if (state[0])
+			ok(!rows_same(&d, &s, "w", 0, 3), "%s: where the dense run moved rows 0..2 by their momentum",
+			   what);
+	}
+out:
+	bag_free(&d);
+	bag_free(&s);
+}
+
+static void test_sparse(void)
+{
+	check_lazy("adamw", (ds_optim_options){ .kind = "adamw", .weight_decay = 0.01 });
+	check_lazy("adamw, no decay", (ds_optim_options){ .kind = "adamw" });
+	check_lazy("sgd momentum", (ds_optim_options){ .kind = "sgd", .momentum = 0.9, .weight_decay = 0.01 });
+	check_lazy("sgd nesterov, no decay", (ds_optim_options){ .kind = "sgd", .momentum = 0.9, .nesterov = 1 });
+	check_lazy("sgd plain, no decay", (ds_optim_options){ .kind = "sgd" });
+}
+
 int main(void)
 {
 	test_updates();
 	test_options();
 	test_schedules();
 	test_checkpoint();
+	test_sparse();
 	return done_testing();
 }
