@@ -72,33 +72,6 @@ static int parse_size(const char *text, const char *option, int *w, int *h, ds_e
 	return ds_error_set(err, DS_ERR_USAGE, "usage", "--%s: '%s' is not a size such as 28x28", option, text);
 }
 
-static int parse_bytes(const char *text, uint64_t *out, ds_error *err)
-{
-	char *end;
-	double v = strtod(text, &end);
-	double unit = 1;
-
-	if (*end == 'K' || *end == 'k')
-		unit = 1024, end++;
-	else if (*end == 'M' || *end == 'm')
-		unit = 1024.0 * 1024, end++;
-	else if (*end == 'G' || *end == 'g')
-		unit = 1024.0 * 1024 * 1024, end++;
-	if (end == text || *end || v < 0 || v * unit > 1e18)
-		return ds_error_set(err, DS_ERR_USAGE, "usage", "--max-bytes: '%s' is not a size such as 512M", text);
-	*out = (uint64_t)(v * unit);
-	return 0;
-}
-
-static int parse_shard(const char *text, int *k, int *n, ds_error *err)
-{
-	if (!text)
-		return 0;
-	if (sscanf(text, "%d/%d", k, n) != 2 || *n < 1 || *k < 1 || *k > *n)
-		return ds_error_set(err, DS_ERR_USAGE, "usage", "--shard: '%s' is not K/N with 1 <= K <= N", text);
-	return 0;
-}
-
 int main(int argc, char **argv)
 {
 	ds_error err = { 0 };
@@ -171,8 +144,8 @@ int main(int argc, char **argv)
 
 	if ((rc = parse_size(ds_cli_get(cli, "size"), "size", &o.width, &o.height, &err)) ||
 	    (rc = parse_size(ds_cli_get(cli, "min-size"), "min-size", &o.min_width, &o.min_height, &err)) ||
-	    (rc = parse_bytes(ds_cli_get(cli, "max-bytes"), &o.source.max_bytes, &err)) ||
-	    (rc = parse_shard(ds_cli_get(cli, "shard"), &o.shard_index, &o.shard_count, &err)))
+	    (rc = ds_cli_bytes(cli, "max-bytes", &o.source.max_bytes, &err)) ||
+	    (rc = ds_cli_shard(cli, &o.shard_index, &o.shard_count, &err)))
 		goto out;
 	if (ds_resize_mode_parse(ds_cli_get(cli, "resize"), &o.resize) != 0) {
 		rc = ds_error_set(&err, DS_ERR_USAGE, "usage", "--resize: '%s' is not fit, fill or stretch",

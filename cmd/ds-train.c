@@ -35,6 +35,7 @@ static const ds_option options[] = {
 	{ "teacher", 0, DS_OPT_STRING, "MODEL", "distil from MODEL: (1-W) cross-entropy + W T^2 KL(teacher || student)", NULL, NULL },
 	{ "temperature", 0, DS_OPT_FLOAT, "T", "distillation temperature", NULL, "4" },
 	{ "distill-weight", 0, DS_OPT_FLOAT, "W", "weight of the distillation loss", NULL, "0.5" },
+	{ "sparsity", 0, DS_OPT_FLOAT, "L", "L1 penalty on batch-norm scales, to prepare for ds-prune (0: off)", NULL, "0" },
 	{ NULL, 0, 0, NULL, NULL, NULL, NULL }
 };
 
@@ -104,6 +105,7 @@ int main(int argc, char **argv)
 	o.teacher = ds_cli_get(cli, "teacher");
 	o.temperature = ds_cli_float(cli, "temperature");
 	o.distill_weight = ds_cli_float(cli, "distill-weight");
+	o.sparsity = ds_cli_float(cli, "sparsity");
 	o.seed = (uint64_t)ds_cli_int(cli, "seed");
 	o.device = ds_cli_device(cli);
 	o.cli = cli;

@@ -6,6 +6,7 @@
  * the result does not depend on the thread count), assigns splits and writes
  * frames.  Memory is bounded by the chunk, not the data set. */
 #include "clean.h"
+#include "source.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -990,13 +991,6 @@ static int make_parents(char *path)
 	return 0;
 }
 
-static void safe_name(char *s)
-{
-	for (; *s; s++)
-		if (*s == '/' || *s == '#' || *s == ':' || *s == '\n')
-			*s = '_';
-}
-
 static int write_file(const char *path, const void *data, size_t len, ds_error *err)
 {
 	FILE *f = fopen(path, "wb");
@@ -1054,7 +1048,7 @@ static int emit_copy(struct clean *c, size_t index, struct result *r, ds_error *
 		if ((dot = strrchr(name, '.')) != NULL)
 			*dot = 0;
 	}
-	safe_name(name);
+	ds_file_safe_name(name);
 	if (c->text) {
 		ext = "txt";
 		enc = r->text;
@@ -1084,7 +1078,7 @@ static int emit_copy(struct clean *c, size_t index, struct result *r, ds_error *
 			rc = ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
 			goto out;
 		}
-		safe_name(label);
+		ds_file_safe_name(label);
 		sprintf(path, "%s/%s/%s.%s", c->dir_tmp, label, name, ext);
 		free(label);
 	}

@@ -122,6 +122,26 @@ static char *comma_space(const char *list, ds_error *err)
 	return out;
 }
 
+/* A shared row whose name the program's table also has: the program's row
+ * replaces it and the program checks that value itself (ds-bench takes
+ * --threads 1,2 and --device cpu,cuda as lists to sweep). */
+static int program_overrides(const ds_program *prog, const char *name)
+{
+	for (size_t i = 0; prog->options && prog->options[i].name; i++)
+		if (strcmp(prog->options[i].name, name) == 0)
+			return 1;
+	return 0;
+}
+
+/* Whether opt is the shared row itself rather than a program's override. */
+static int shared_row(const ds_option *opt, const char *name)
+{
+	for (size_t i = 0; i < DS_ARRAY_LEN(shared_options); i++)
+		if (opt == &shared_options[i])
+			return strcmp(opt->name, name) == 0;
+	return 0;
+}
+
 static int build_table(ds_cli *cli, ds_error *err)
 {
 	const ds_program *prog = cli->prog;
@@ -153,8 +173,10 @@ static int build_table(ds_cli *cli, ds_error *err)
 	for (size_t i = 0; i < DS_ARRAY_LEN(shared_options); i++) {
 		if (i == FORMAT_SLOT && prog->formats)
 			cli->vals[k++].opt = &cli->format_opt;
-		cli->vals[k++].opt = &shared_options[i];
+		if (!program_overrides(prog, shared_options[i].name))
+			cli->vals[k++].opt = &shared_options[i];
 	}
+	cli->n_vals = k;
 	return 0;
 }
 
@@ -540,11 +562,11 @@ static int check_values(ds_cli *cli, ds_error *err)
 		return ds_error_set(err, DS_ERR_USAGE, "bad_value", "%s: '%s' is not one of %s",
 				    source_name(cli, v, where, sizeof where), v->text, cli->format_list);
 	v = find_value(cli, "device");
-	if (v && v->text && ds_device_parse(v->text, &dev, &is_auto, &ignored) != 0)
+	if (v && v->text && shared_row(v->opt, "device") && ds_device_parse(v->text, &dev, &is_auto, &ignored) != 0)
 		return ds_error_set(err, DS_ERR_USAGE, "bad_value", "%s: '%s' is not auto, cpu, cuda or cuda:N",
 				    source_name(cli, v, where, sizeof where), v->text);
 	v = find_value(cli, "threads");
-	if (v && v->text && strtoll(v->text, NULL, 10) < 0)
+	if (v && v->text && shared_row(v->opt, "threads") && strtoll(v->text, NULL, 10) < 0)
 		return ds_error_set(err, DS_ERR_USAGE, "bad_value", "%s: '%s' is negative",
 				    source_name(cli, v, where, sizeof where), v->text);
 	if (cli->n_args < cli->prog->min_args) {
@@ -800,8 +822,10 @@ int ds_cli_start(ds_cli **out, const ds_program *prog, int argc, char **argv, in
 		status = check_stdout(&err);
 		goto fail;
 	}
-	ds_threads_set(ds_cli_get(cli, "threads") ? (int)ds_cli_int(cli, "threads") : 0);
-	status = ds_device_resolve(ds_cli_get(cli, "device"), &cli->device, &err);
+	if (shared_row(find_value(cli, "threads")->opt, "threads"))
+		ds_threads_set(ds_cli_get(cli, "threads") ? (int)ds_cli_int(cli, "threads") : 0);
+	if (shared_row(find_value(cli, "device")->opt, "device"))
+		status = ds_device_resolve(ds_cli_get(cli, "device"), &cli->device, &err);
 	if (!status)
 		status = open_log(cli, &err);
 	if (status)
@@ -980,16 +1004,37 @@ int ds_cli_event(const ds_cli *cli, const char *event, const json_t *fields)
 	return status;
 }
 
-int ds_cli_main_not_built(const ds_program *prog, int argc, char **argv)
+int ds_cli_shard(const ds_cli *cli, int *k, int *n, ds_error *err)
 {
-	ds_error err = { 0 };
-	ds_cli *cli;
-	int done, status;
+	const char *text = ds_cli_get(cli, "shard");
+	char tail;
 
-	status = ds_cli_start(&cli, prog, argc, argv, &done);
-	if (status || done)
-		return status;
-	status = ds_error_set(&err, DS_ERR_RUN, "not_built",
-			      "%s is not built yet: it arrives with its own issue", prog->name);
-	return ds_cli_finish(cli, status, &err);
+	*k = *n = 0;
+	if (!text)
+		return 0;
+	if (sscanf(text, "%d/%d%c", k, n, &tail) != 2 || *n < 1 || *k < 1 || *k > *n)
+		return ds_error_set(err, DS_ERR_USAGE, "usage", "--shard: '%s' is not K/N with 1 <= K <= N", text);
+	return 0;
+}
+
+int ds_cli_bytes(const ds_cli *cli, const char *option, uint64_t *out, ds_error *err)
+{
+	const char *text = ds_cli_get(cli, option);
+	char *end;
+	double v, unit = 1;
+
+	*out = 0;
+	if (!text)
+		return 0;
+	v = strtod(text, &end);
+	if (*end == 'K' || *end == 'k')
+		unit = 1024, end++;
+	else if (*end == 'M' || *end == 'm')
+		unit = 1024.0 * 1024, end++;
+	else if (*end == 'G' || *end == 'g')
+		unit = 1024.0 * 1024 * 1024, end++;
+	if (end == text || *end || !(v >= 0) || v * unit > 1e18)
+		return ds_error_set(err, DS_ERR_USAGE, "usage", "--%s: '%s' is not a size such as 512M", option, text);
+	*out = (uint64_t)(v * unit);
+	return 0;
 }

@@ -388,10 +388,6 @@ int ds_cli_start(ds_cli **out, const ds_program *prog, int argc, char **argv, in
  * cli.  The return value is the exit status. */
 int ds_cli_finish(ds_cli *cli, int status, ds_error *err);
 
-/* The whole main() of a program whose work has not landed yet: options,
- * --help and --version work; anything else says so and is status 1. */
-int ds_cli_main_not_built(const ds_program *prog, int argc, char **argv);
-
 const char *ds_cli_get(const ds_cli *cli, const char *name);   /* NULL if unset */
 int ds_cli_flag(const ds_cli *cli, const char *name);
 int64_t ds_cli_int(const ds_cli *cli, const char *name);
@@ -421,6 +417,13 @@ const char *ds_cli_name(const ds_cli *cli);
 /* Append one line {"event", "time", "elapsed", fields...} to the --log file;
  * 0 and nothing written without --log, status 5 when the write fails. */
 int ds_cli_event(const ds_cli *cli, const char *event, const json_t *fields);
+
+/* --shard K/N (1 <= K <= N) into *k and *n; 0/0 when the option is unset.
+ * Status 2 naming the value otherwise. */
+int ds_cli_shard(const ds_cli *cli, int *k, int *n, ds_error *err);
+/* A byte count such as 512M, 2G or 4096 (K, M, G are powers of 1024) from
+ * option's value; status 2 naming the option otherwise. */
+int ds_cli_bytes(const ds_cli *cli, const char *option, uint64_t *out, ds_error *err);
 
 /* Read a --config file: a JSON object whose keys are long option names.  Bad
  * JSON or a non-object is status 2 naming the file; an unreadable file 5. */
@@ -562,6 +565,143 @@ void ds_model_free(ds_model *m);
 /* Size in bytes of the model's tensors (what ds-bench reports as size). */
 uint64_t ds_model_bytes(const ds_model *m);
 
+/* ----------------------------------------------------------- benchmarking */
+
+/* What ds-bench measures (ds-bench.1): every model at every (device,
+ * threads, batch) of the sweep, on random inputs of the model's shape or on
+ * a labelled stream.  The lists are text as the command line gives them:
+ * "1,8,64", or ranges "1-64*2" and "1-8+1"; NULL takes the default. */
+typedef struct ds_bench_options {
+	const char *const *models;   /* model files ("-": stdin, once) */
+	size_t model_count;
+	const char *data;            /* labelled .dst: inputs, and top-1/top-5/loss; NULL: random inputs */
+	const char *batch;           /* batch sizes ("1,64") */
+	const char *threads;         /* thread counts, 0 the default ("0") */
+	const char *device;          /* devices: auto, cpu, cuda, cuda:N ("auto") */
+	const char *warmup;          /* "N" runs or "Ts"/"Tms" of time ("0.2s") */
+	int64_t repeat;              /* timed iterations at least (0 counts as 1) */
+	double min_time;             /* and seconds at least */
+	double max_cv;               /* percent: a higher coefficient of variation is flagged */
+	int compare;                 /* add ratios to the first model */
+	int continue_after_failure;  /* a failed configuration is a row with an error */
+	int keep_samples;            /* the raw timings in the report's "samples" */
+	uint64_t seed;               /* random inputs */
+	unsigned load_flags;         /* DS_LOAD_* for the models */
+	const ds_cli *cli;           /* warnings, progress, --log events; may be NULL */
+} ds_bench_options;
+
+/* Run the sweep.  The report is a printer document: scalars (version, BLAS
+ * kernels, data, settings, configurations, failed, error_rate) and the
+ * tables "models" (size, parameters, FLOPs, accuracy), "results" (one row
+ * per configuration: throughput mean and sd, CV, latency min/p50/p90/p99/max,
+ * input, h2d, compute and d2h time, GFLOP/s, memory), "comparison" with
+ * compare and "samples" with keep_samples.  Usage errors are status 2; a
+ * failure stops the run with its status unless continue_after_failure, when
+ * the report is still returned and the status is 1. */
+int ds_bench_run(const ds_bench_options *o, json_t **report, ds_error *err);
+/* Write the report's samples, one row per timed iteration (model, device,
+ * threads, batch, iteration, ms, compute_ms): CSV when path ends in .csv,
+ * else JSON Lines; atomically, or to stdout for "-". */
+int ds_bench_write_times(const json_t *report, const char *path, ds_error *err);
+
+/* ----------------------------------------------------------- preprocessing */
+
+/* A model's ds.preprocess applied to raw inputs, exactly as training saw
+ * them: images are decoded (ds_image_decode, with the DCT-scaled JPEG decode
+ * ds-clean uses), resized with ds_image_resize to the model's width, height,
+ * channels and resize mode, and normalised to F32 CHW as
+ * (pixel * scale - mean[c]) / std[c]; text is normalised
+ * (ds_text_normalize, invalid UTF-8 replaced), cut to max_chars code points,
+ * tokenized (ds_tokenizer) and padded with -1 to the model's length. */
+struct ds_image;
+struct ds_item;
+
+/* The per-channel affine map from U8 to F32 that ds-train's loader and
+ * ds-infer share.  mean and std hold up to 4 channels; a one-element array
+ * applies to every channel.  Defaults: scale 1/255, mean 0, std 1. */
+typedef struct ds_normalize {
+	float scale;
+	float mean[4];
+	float inv_std[4];            /* 1 / std, as float */
+} ds_normalize;
+
+/* From a ds.preprocess object (may be NULL); status 3 for a std of 0 or a
+ * value that is not a number. */
+int ds_normalize_from_json(const json_t *preprocess, ds_normalize *out, ds_error *err);
+/* HWC U8 pixels into CHW F32: dst[c][y][x] = (src[y][x][c] * scale - mean[c]) * inv_std[c]. */
+void ds_normalize_apply(const ds_normalize *n, const uint8_t *src, int height, int width, int channels, float *dst);
+
+typedef struct ds_preprocess ds_preprocess;
+
+typedef enum ds_preprocess_kind { DS_PREPROCESS_IMAGE, DS_PREPROCESS_TEXT } ds_preprocess_kind;
+
+/* The preprocess of a graph input: spec is the model's ds.preprocess (NULL
+ * when absent: images then use the input's shape, scale 1/255 and resize
+ * fill; text has no tokenizer and takes only packed ids); input is that
+ * input's shape, F32 [N, C, H, W] or integer [N, L].  A spec that
+ * disagrees with the input (another size, channels or kind) is status 3. */
+int ds_preprocess_new(const json_t *spec, const ds_shape *input, ds_preprocess **out, ds_error *err);
+void ds_preprocess_free(ds_preprocess *pp);
+ds_preprocess_kind ds_preprocess_kind_of(const ds_preprocess *pp);
+/* Elements of one item of the input tensor (C*H*W or L) and their dtype. */
+int64_t ds_preprocess_item_elems(const ds_preprocess *pp);
+ds_dtype ds_preprocess_dtype(const ds_preprocess *pp);
+/* Images: the model's size and channels. */
+void ds_preprocess_image_size(const ds_preprocess *pp, int *width, int *height, int *channels);
+/* Text: the row length L; 0 for images.  1 when a tokenizer is known. */
+int64_t ds_preprocess_length(const ds_preprocess *pp);
+int ds_preprocess_has_tokenizer(const ds_preprocess *pp);
+
+/* Encoded image bytes (PNG or JPEG of any kind) into one item of F32 CHW
+ * (item_elems floats); status 3 with the decoder's code for bad bytes. */
+int ds_preprocess_image(const ds_preprocess *pp, const void *buf, size_t len, float *out, ds_error *err);
+/* Pixels already decoded (1 or 3 channels, any size): resized when their
+ * size or channels differ from the model's, normalised as they are when
+ * not. */
+int ds_preprocess_pixels(const ds_preprocess *pp, const struct ds_image *img, float *out, ds_error *err);
+/* Text bytes into L ids padded with -1 (status 3 "empty" for a text with
+ * nothing left after normalisation, 2 without a tokenizer). */
+int ds_preprocess_text(const ds_preprocess *pp, const char *text, size_t len, int32_t *out, ds_error *err);
+/* Packed ids into L ids: cut, or padded with -1. */
+void ds_preprocess_tokens(const ds_preprocess *pp, const int32_t *ids, size_t n, int32_t *out);
+/* Any listed item (ds_source_list) into its row, reading files of at most
+ * max_bytes (0: no limit); out holds item_elems of the dtype.  Status 3 or
+ * 5 for that item alone, with a lower_snake code. */
+int ds_preprocess_item(const ds_preprocess *pp, const struct ds_item *item, uint64_t max_bytes, void *out,
+		       ds_error *err);
+
+/* --------------------------------------------------------------- inference */
+
+/* What ds-infer does, as options; the program fills it from its option
+ * table.  Zero values take the documented defaults (ds-infer.1). */
+typedef struct ds_infer_options {
+	const char *model;            /* .dsm, "-" for stdin (then no input may be "-") */
+	unsigned load_flags;          /* DS_LOAD_NO_VERIFY */
+	const char *const *inputs;    /* images, folders, text, .jsonl, fortune, IDX, .dst, "-" */
+	size_t input_count;
+	const char *files_from;       /* paths, one per line ("-": stdin) */
+	const struct ds_source_options *source;   /* NULL: the defaults */
+	const char *output;           /* records or frames; NULL or "-": stdout */
+	const char *output_format;    /* "jsonl" (default), "csv" or "dst" */
+	const char *output_tensor;    /* dst: the model's output (default), "probs", or any value */
+	int64_t batch;                /* 64 */
+	int topk;                     /* 5, capped at the class count */
+	int workers;                  /* decoding threads; 0: as many as compute threads */
+	int shard_index, shard_count; /* --shard K/N: every N-th item from the K-th; 0/0 off */
+	ds_device device;
+	const ds_cli *cli;            /* progress, log, history; may be NULL */
+} ds_infer_options;
+
+/* Run the model over every item, in input order, writing one record (or
+ * one row of a frame) per item; an item that cannot be read or decoded is
+ * an error record and the run goes on.  The summary (items, errors,
+ * images/s, and with labelled inputs top-1 and top-5 accuracy, per-class
+ * accuracy and a confusion matrix) is a printer document, set whenever the
+ * run got as far as the items.  Status 3 with code "item_errors" when any
+ * item failed; 3 or 5 when the model or an input as a whole cannot be used,
+ * naming the file and the shapes; 2 for options that do not fit. */
+int ds_infer_run(const ds_infer_options *o, json_t **summary, ds_error *err);
+
 /* ------------------------------------------------------ training programs */
 
 /* The built-in architectures (ds-train.1) and JSON architecture files
@@ -655,6 +795,7 @@ typedef struct ds_train_options {
 	int no_shuffle;
 	const char *teacher;         /* distil from this model (its logits, softened by temperature) */
 	double temperature, distill_weight;
+	double sparsity;             /* L1 penalty on batch-norm scales (network slimming); 0: off */
 	uint64_t seed;
 	ds_device device;
 	const ds_cli *cli;           /* progress, --log events, history; may be NULL */
@@ -665,6 +806,101 @@ typedef struct ds_train_options {
  * naming the step (the last checkpoint is kept); an interrupt saves a
  * checkpoint and returns 130. */
 int ds_train_run(const ds_train_options *o, json_t **summary, ds_error *err);
+
+/* ---------------------------------------------------------------- pruning */
+
+/* What ds-prune does (ds-prune.1), as options.  Zero values take the
+ * documented defaults. */
+typedef struct ds_prune_options {
+	const char *criterion;       /* "l1" (default), "bn-gamma" or "taylor" */
+	double ratio;                /* fraction of each group's channels removed, [0, 1] */
+	const char *const *layer_ratios;   /* "PATTERN=R": groups with a layer whose name matches */
+	size_t layer_ratio_count;
+	int64_t min_channels;        /* a group keeps at least this many (1) */
+	int64_t round;               /* kept channels rounded up to a multiple of this (1) */
+	int prune_first;             /* also prune the layers that read the graph input */
+	int prune_last;              /* and the channels the last layer reads */
+	const char *data;            /* taylor: a labelled .dst */
+	int64_t batch;               /* taylor: items per batch (32) */
+	int64_t data_count;          /* taylor: items at most (0: the whole stream) */
+	const ds_cli *cli;           /* warnings and -v notes; may be NULL */
+} ds_prune_options;
+
+/* Remove output channels of convolutions and linear layers and the matching
+ * input channels of every reader, in place: a smaller dense model.
+ * Channels tied by add, mul, concat or depthwise convolutions go together;
+ * ops the analysis does not follow stop it (their channels stay, and the
+ * report's "notes" say so).  The report holds "figures" (channels,
+ * parameters and FLOPs before and after), "layers" (one row per
+ * convolution and linear layer), "groups" (channels kept per group and
+ * why) and "notes".  Status 2 for a bad option or a ratio that removes
+ * every channel of a group, 3 for a model that does not parse or has
+ * non-float, NaN or infinite weights. */
+int ds_prune_model(ds_container *model, const ds_prune_options *o, json_t **report, ds_error *err);
+
+/* ----------------------------------------------------------- optimization */
+
+/* What ds-optimize does (ds-optimize.1), as options. */
+typedef struct ds_optimize_options {
+	const char *target;          /* "cpu" (default) or "cuda" */
+	int level;                   /* -O0 to -O3; -1 takes 2 */
+	const char *disable;         /* comma-separated pass names, or NULL */
+	int64_t batch;               /* batch of the memory-plan figures (64) */
+	const ds_cli *cli;           /* -v logs each rewrite; may be NULL */
+} ds_optimize_options;
+
+/* Rewrite the model's graph and parameters in place, pass by pass; the
+ * report holds "figures" (nodes, parameters, FLOPs and arena bytes before
+ * and after) and "passes" (one row per pass: state, rewrites, log).  Unknown
+ * ops pass through untouched.  Status 2 for a bad option, 3 for a model
+ * whose graph does not parse, 1 when a pass breaks the graph (a bug). */
+int ds_optimize_model(ds_container *model, const ds_optimize_options *o, json_t **report, ds_error *err);
+/* The passes, their levels and what each does, as a printer document. */
+json_t *ds_optimize_pass_table(void);
+
+/* Run two models on the same count seeded random inputs (batches of 64)
+ * and compare their first outputs: figures inputs, max_abs_diff,
+ * max_rel_diff (max |a - b| over max |a|), top1_agreement. */
+int ds_model_compare(ds_container *a, ds_container *b, int64_t count, uint64_t seed, json_t **figures,
+		     ds_error *err);
+
+/* ----------------------------------------------------------- quantization */
+
+/* What ds-quantize does (ds-quantize.1), as options.  Zero values take the
+ * documented defaults. */
+typedef struct ds_quantize_options {
+	const char *mode;            /* "static" (default): U8 activations calibrated on calib;
+				      * "dynamic": I8 weights, activations quantized per call */
+	const char *method;          /* "minmax", "percentile" (default) or "entropy" */
+	double percentile;           /* of |values| kept by "percentile" (99.99) */
+	const char *calib;           /* a .dst stream of inputs (static mode) */
+	int64_t calib_count;         /* items of it at most (1000) */
+	int64_t batch;               /* calibration batch (64) */
+	const char *const *skip;     /* fnmatch patterns of node names kept in float */
+	size_t skip_count;
+	int skip_first_last;         /* keep the first and last convolution or linear layer in float */
+	const ds_cli *cli;           /* -v logs each rewrite; may be NULL */
+} ds_quantize_options;
+
+/* Fold batch norm (ds_optimize_model at -O2), calibrate, and rewrite the
+ * model in place: convolutions and linear layers become qconv2d and
+ * qlinear with I8 weights symmetric per output channel ("<w>" I8 and
+ * "<w>_scale" F32 [O]), activations U8 through chains of INT8 ops, with
+ * quantize and dequantize at the edges (ds-formats.5).  The report holds
+ * "figures" (nodes, bytes before and after), "layers" (one row per node:
+ * what it became), "tensors" (bytes before and after) and "activations"
+ * (range, scale and zero point of each).  Status 2 for a bad option, 3 for
+ * calibration data that does not fit the model (both shapes named), NaN or
+ * infinite weights, or a model that is already quantized. */
+int ds_quantize_model(ds_container *model, const ds_quantize_options *o, json_t **report, ds_error *err);
+
+/* Run a float model and its quantized form on the first count items of a
+ * labelled stream (count <= 0: all) and compare their first outputs:
+ * figures items, top1_agreement, kl_divergence (mean KL of the softmax of
+ * the INT8 outputs from the float ones), max_abs_error, accuracy_float and
+ * accuracy_int8. */
+int ds_quantize_compare(ds_container *float_model, ds_container *int8_model, const char *data, int64_t count,
+			int64_t batch, json_t **figures, ds_error *err);
 
 /* ----------------------------------------------------------------- images */
 

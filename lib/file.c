@@ -103,6 +103,13 @@ const char *ds_path_base(const char *path)
 	return slash ? slash + 1 : path;
 }
 
+void ds_file_safe_name(char *s)
+{
+	for (; *s; s++)
+		if (*s == '/' || *s == '#' || *s == ':' || *s == '\n')
+			*s = '_';
+}
+
 int ds_name_ends_with(const char *name, const char *suffix)
 {
 	size_t n = strlen(name), m = strlen(suffix);

@@ -178,10 +178,12 @@ int ds_dataset_load(const char *path, ds_dataset **out, ds_error *err)
 			}
 			frames = grown;
 		}
+		/* frames[] owns c from here: a bad frame must not be freed twice. */
 		frames[n++] = c;
-		if ((rc = frame_shape(d, c, n - 1, &rows, &len, err)) || (rc = keep_meta(d, c, err)))
-			break;
 		c = NULL;
+		if ((rc = frame_shape(d, frames[n - 1], n - 1, &rows, &len, err)) ||
+		    (rc = keep_meta(d, frames[n - 1], err)))
+			break;
 		if (n == 1) {
 			const ds_tensor *x = ds_container_get(frames[0], "x");
 
@@ -393,7 +395,7 @@ struct ds_loader {
 	const ds_dataset *d;
 	ds_loader_options o;
 	int64_t batches, epoch, pos;
-	float scale, mean[4], inv_std[4];
+	ds_normalize norm;           /* shared with ds-infer (preprocess.c) */
 	int64_t *perm, perm_epoch;
 	struct slot slot[2];
 	int cur;                     /* the slot handed out last */
@@ -441,8 +443,12 @@ static void fill_image(const ds_loader *l, float *dst, const uint8_t *src, uint6
 	}
 	if (l->o.augment & DS_AUGMENT_FLIP)
 		flip = (int)((key >> 16) & 1);
+	if (!oy && !ox && !flip) {
+		ds_normalize_apply(&l->norm, src, (int)h, (int)w, (int)c, dst);
+		return;
+	}
 	for (int64_t ch = 0; ch < c; ch++) {
-		float m = ch < 4 ? l->mean[ch] : 0, is = ch < 4 ? l->inv_std[ch] : 1;
+		float m = ch < 4 ? l->norm.mean[ch] : 0, is = ch < 4 ? l->norm.inv_std[ch] : 1;
 		float zero = (0.0f - m) * is;
 
 		for (int64_t y = 0; y < h; y++) {
@@ -455,7 +461,7 @@ static void fill_image(const ds_loader *l, float *dst, const uint8_t *src, uint6
 				if (sy < 0 || sy >= h || sx < 0 || sx >= w)
 					row[x] = zero;
 				else
-					row[x] = ((float)src[(sy * w + sx) * c + ch] * l->scale - m) * is;
+					row[x] = ((float)src[(sy * w + sx) * c + ch] * l->norm.scale - m) * is;
 			}
 		}
 	}
@@ -540,27 +546,10 @@ static void request(ds_loader *l, int s, int64_t epoch, int64_t batch)
 	pthread_cond_broadcast(&l->cond);
 }
 
-static int read_floats(const json_t *pre, const char *key, float *out, int n, int inverse)
-{
-	const json_t *a = pre ? json_object_get(pre, key) : NULL;
-
-	if (!json_is_array(a))
-		return 0;
-	for (int i = 0; i < n && i < (int)json_array_size(a); i++) {
-		double v = json_number_value(json_array_get(a, (size_t)i));
-
-		if (inverse && v == 0)
-			return -1;
-		out[i] = (float)(inverse ? 1.0 / v : v);
-	}
-	return 0;
-}
-
 int ds_loader_new(const ds_dataset *d, const ds_loader_options *o, ds_loader **out, ds_error *err)
 {
 	ds_loader *l;
 	int64_t len = o->length > 0 ? o->length : d->shape[0];
-	const json_t *scale = d->preprocess ? json_object_get(d->preprocess, "scale") : NULL;
 	int rc = 0;
 
 	*out = NULL;
@@ -573,13 +562,8 @@ int ds_loader_new(const ds_dataset *d, const ds_loader_options *o, ds_loader **o
 	l->o = *o;
 	l->batches = (d->count + o->batch - 1) / o->batch;
 	l->perm_epoch = -1;
-	l->scale = json_is_number(scale) ? (float)json_number_value(scale) : 1.0f / 255.0f;
-	for (int i = 0; i < 4; i++) {
-		l->mean[i] = 0;
-		l->inv_std[i] = 1;
-	}
-	if (read_floats(d->preprocess, "mean", l->mean, 4, 0) || read_floats(d->preprocess, "std", l->inv_std, 4, 1)) {
-		rc = ds_error_set(err, DS_ERR_DATA, "bad_metadata", "%s: ds.preprocess: a std of 0", d->path);
+	if ((rc = ds_normalize_from_json(d->preprocess, &l->norm, err))) {
+		ds_error_prefix(err, "%s", d->path);
 		goto out;
 	}
 	if (!(l->perm = ds_malloc((size_t)d->count * sizeof *l->perm, err))) {

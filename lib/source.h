@@ -31,6 +31,10 @@ int ds_file_error(ds_error *err, int errnum, const char *path);
 const char *ds_path_base(const char *path);
 /* 1 when name ends in suffix, ASCII letters compared without case. */
 int ds_name_ends_with(const char *name, const char *suffix);
+/* Make a label or item id usable as one file name, in place: '/', '#', ':'
+ * and newlines become '_' (ds-clean --output-dir names class folders so;
+ * ds-infer matches such folders back to the model's labels). */
+void ds_file_safe_name(char *s);
 
 /* The readers behind ds_source_list; each appends to list and returns a
  * status only when the file as a whole cannot be read. */

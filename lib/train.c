@@ -592,6 +592,34 @@ static const char *checkpoint_path(const struct trainer *t, char *buf, size_t le
 	return buf;
 }
 
+/* Network slimming (Liu et al. 2017): the subgradient of L * |gamma|
+ * added to every batch norm's scale, so that training drives the scales of
+ * unneeded channels towards 0 for ds-prune --criterion bn-gamma. */
+static void add_sparsity(struct trainer *t)
+{
+	for (size_t i = 0; i < ds_graph_node_count(t->g); i++) {
+		const ds_node *n = ds_graph_node(t->g, i);
+		const char *gamma;
+
+		if (strcmp(ds_node_op(n), "batchnorm") != 0 || ds_node_input_count(n) < 2)
+			continue;
+		gamma = ds_node_input(n, 1);
+		for (size_t k = 0; k < ds_plan_param_count(t->plan); k++) {
+			const ds_tensor *w = ds_plan_param(t->plan, k);
+			ds_tensor *g = ds_plan_grad(t->plan, k);
+
+			if (strcmp(ds_plan_param_name(t->plan, k), gamma) != 0 || !g || w->dtype != DS_F32 ||
+			    g->dtype != DS_F32 || w->device.kind != DS_DEVICE_CPU)
+				continue;
+			for (int64_t c = 0; c < ds_tensor_numel(g); c++) {
+				float v = ((const float *)w->data)[c];
+
+				((float *)g->data)[c] += (float)(t->o.sparsity * ((v > 0) - (v < 0)));
+			}
+		}
+	}
+}
+
 /* One optimizer step over up to accum batches; *n_items 0 at the end of the
  * epoch. */
 static int train_step(struct trainer *t, int64_t *n_items, double *step_loss, ds_error *err)
@@ -631,6 +659,8 @@ static int train_step(struct trainer *t, int64_t *n_items, double *step_loss, ds
 		t->ep_seen += n;
 		items += n;
 	}
+	if (t->o.sparsity > 0)
+		add_sparsity(t);
 	if (t->o.clip > 0)
 		ds_plan_clip_grad_norm(t->plan, t->o.clip);
 	if ((rc = ds_optim_step(t->opt, ds_schedule_lr(&t->o.schedule, t->step), err)))
@@ -839,7 +869,7 @@ static int setup(struct trainer *t, ds_error *err)
 	if (o->val && o->val_split > 0)
 		return ds_error_set(err, DS_ERR_USAGE, "usage", "--val and --val-split exclude each other");
 	if (o->batch < 1 || o->accum < 1 || o->epochs < 0 || o->max_steps < 0 || o->checkpoint_every < 0 ||
-	    o->label_smoothing < 0 || o->label_smoothing >= 1 || o->dropout >= 1 || o->clip < 0 ||
+	    o->label_smoothing < 0 || o->label_smoothing >= 1 || o->dropout >= 1 || o->clip < 0 || o->sparsity < 0 ||
 	    !(o->schedule.lr > 0) || o->schedule.warmup < 0)
 		return ds_error_set(err, DS_ERR_USAGE, "usage", "an option is out of range (see ds-train(1))");
 	if ((rc = ds_dataset_load(o->data, &t->train, err)))

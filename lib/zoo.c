@@ -439,7 +439,8 @@ static void build_mobilenet_v2(struct zb *b, struct val x, int64_t k)
 }
 
 /* fastText: the mean of the embeddings of a row's ids (word and character
- * n-gram buckets; -1 pads) into a linear classifier. */
+ * n-gram buckets; -1 pads) into a linear classifier.  The table's gradient
+ * is row-sparse: a step touches a few thousand of its million rows. */
 static void build_text_bag(struct zb *b, int64_t vocab, int64_t k)
 {
 	const int64_t dim = 64;
@@ -447,7 +448,7 @@ static void build_text_bag(struct zb *b, int64_t vocab, int64_t k)
 
 	zb_param(b, "embedding.weight", 2, (int64_t[]){ vocab, dim }, INIT_UNIFORM, 1.0 / (double)dim);
 	zb_node(b, "embedding_bag", "embedding", (const char *[]){ "x", "embedding.weight", NULL },
-		json_pack("{s:s}", "mode", "mean"));
+		json_pack("{s:s, s:b}", "mode", "mean", "sparse", 1));
 	snprintf(v.name, sizeof v.name, "embedding");
 	linear(b, &v, "fc", k, "logits");
 }

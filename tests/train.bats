@@ -249,6 +249,26 @@ EOF
 	[ "$(grep '"event":"epoch"' "$T/log.jsonl" | tail -1 | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["accuracy"])')" = 1.0 ]
 }
 
+@test "text-bag resumes bit for bit: sparse table, accumulation, clipping, two threads" {
+	mkdir -p "$T/txt/en" "$T/txt/de"
+	for i in $(seq 40); do
+		echo "the cat sat on the mat number $i and purred" > "$T/txt/en/$i.txt"
+		echo "der Hund lief schnell nach Hause nummer $i heute" > "$T/txt/de/$i.txt"
+	done
+	ds-clean -q "$T/txt" --tokenizer ngrams --ngram-buckets 4096 --max-tokens 96 --near-jaccard 0 \
+		-o "$T/t.dst" --report /dev/null
+	for opt in "adamw" "sgd --momentum 0.9 --nesterov"; do
+		# shellcheck disable=SC2206
+		args=(--data "$T/t.dst" --arch text-bag --epochs 3 --batch 8 --accum 2 --clip 0.5 --threads 2
+		      --seed 5 --lr 0.05 --optimizer $opt -q)
+		ds-train "${args[@]}" -o "$T/full.dsm"
+		ds-train "${args[@]}" --max-steps 6 --checkpoint "$T/ck.dsm" --checkpoint-every 6 -o "$T/part.dsm"
+		ds-train "${args[@]}" --resume "$T/ck.dsm" -o "$T/resumed.dsm"
+		[ "$(tensors "$T/full.dsm")" = "$(tensors "$T/resumed.dsm")" ]
+		[ "$(tensors "$T/full.dsm")" != "$(tensors "$T/part.dsm")" ]
+	done
+}
+
 @test "agreement with PyTorch: 20 SGD steps, losses within 1e-4" {
 	# Debian's python3-torch lives under /usr/bin/python3, which need not
 	# be the python3 first on PATH.
@@ -257,4 +277,35 @@ EOF
 	run "$py" "$DS_SRCDIR/tests/torch_agreement.py"
 	[ "$status" -eq 77 ] && skip "$output"
 	[ "$status" -eq 0 ] || { echo "$output"; false; }
+}
+
+@test "--sparsity drives the batch-norm scales down (network slimming)" {
+	data
+	ds-train -q --data "$T/d.dst" --arch cnn-bn --epochs 2 --lr 0.01 -o "$T/plain.dsm"
+	ds-train -q --data "$T/d.dst" --arch cnn-bn --epochs 2 --lr 0.01 --sparsity 0.1 -o "$T/slim.dsm"
+	# The L1 norm of every batch norm's gamma, read from the safetensors.
+	l1() {
+		"$PY" - "$1" <<'PY'
+import array, json, struct, sys
+f = open(sys.argv[1], 'rb')
+n = struct.unpack('<Q', f.read(8))[0]
+h = json.loads(f.read(n))
+g = json.loads(h['__metadata__']['ds.graph'])
+gammas = [node['inputs'][1] for node in g['nodes'] if node['op'] == 'batchnorm']
+total = 0.0
+for name in gammas:
+    a, b = h[name]['data_offsets']
+    f.seek(8 + n + a)
+    v = array.array('f')
+    v.frombytes(f.read(b - a))
+    total += sum(abs(x) for x in v)
+print(total)
+PY
+	}
+	plain=$(l1 "$T/plain.dsm")
+	slim=$(l1 "$T/slim.dsm")
+	echo "plain $plain slim $slim"
+	"$PY" -c "import sys; sys.exit(0 if $slim < $plain - 1 else 1)"
+	run ds-train -q --data "$T/d.dst" --sparsity -1 -o "$T/bad.dsm"
+	[ "$status" -eq 2 ]
 }

@@ -256,3 +256,30 @@ const ds_op ds_ops_activation[] = {
 	  CPU_KERNELS(softmax), .backward_needs = DS_NEEDS_OUT(0) },
 	{ .name = NULL },
 };
+
+/* The epilogue names, in ds_cpu_act order where the kernels have them. */
+static const struct {
+	const char *name;
+	ds_cpu_act act;
+} epilogues[] = {
+	{ "relu", DS_CPU_RELU }, { "relu6", DS_CPU_RELU6 }, { "gelu", DS_CPU_GELU },
+	{ "sigmoid", DS_CPU_SIGMOID }, { "tanh", DS_CPU_TANH }, { "silu", DS_CPU_SILU },
+	{ "hardswish", DS_CPU_HARDSWISH },
+};
+
+int ds_op_epilogue(const ds_node *node, int *act, ds_error *err)
+{
+	const json_t *attrs = ds_node_attrs(node);
+	const json_t *v = attrs ? json_object_get(attrs, "activation") : NULL;
+
+	*act = 0;
+	if (!v)
+		return 0;
+	for (size_t i = 0; json_is_string(v) && i < sizeof epilogues / sizeof epilogues[0]; i++)
+		if (!strcmp(json_string_value(v), epilogues[i].name)) {
+			*act = 1 + (int)epilogues[i].act;
+			return 0;
+		}
+	return ds_error_set(err, DS_ERR_DATA, "bad_attr",
+			    "attribute 'activation': expected relu, relu6, gelu, sigmoid, tanh, silu or hardswish");
+}

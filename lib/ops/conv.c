@@ -3,13 +3,15 @@
 #include "config.h"
 #include "ops.h"
 #include "cpu/conv.h"
+#include "cpu/elementwise.h"
 
 #include <inttypes.h>
 
-static const char *const conv2d_attrs[] = { "stride", "padding", "dilation", "groups", NULL };
+static const char *const conv2d_attrs[] = { "stride", "padding", "dilation", "groups", "activation", NULL };
 
 struct conv_params {
 	int64_t stride[2], pad[2], dil[2], groups;
+	int act;                     /* ds_op_epilogue */
 };
 
 static int conv_params(const ds_node *node, struct conv_params *p, ds_error *err)
@@ -19,7 +21,8 @@ static int conv_params(const ds_node *node, struct conv_params *p, ds_error *err
 	if ((rc = ds_op_attr_pair(node, "stride", 1, 1, p->stride, err)) ||
 	    (rc = ds_op_attr_pair(node, "padding", 0, 0, p->pad, err)) ||
 	    (rc = ds_op_attr_pair(node, "dilation", 1, 1, p->dil, err)) ||
-	    (rc = ds_op_attr_int(node, "groups", 1, 1, DS_OP_ATTR_MAX, &p->groups, err)))
+	    (rc = ds_op_attr_int(node, "groups", 1, 1, DS_OP_ATTR_MAX, &p->groups, err)) ||
+	    (rc = ds_op_epilogue(node, &p->act, err)))
 		return rc;
 	return 0;
 }
@@ -93,6 +96,7 @@ static int conv_dims(const ds_node *node, const int64_t *x, const int64_t *w, co
 		.o = w[0], .kh = w[2], .kw = w[3], .oh = y[2], .ow = y[3],
 		.sh = p.stride[0], .sw = p.stride[1], .ph = p.pad[0], .pw = p.pad[1],
 		.dh = p.dil[0], .dw = p.dil[1], .groups = p.groups,
+		.relu = p.act == 1 + DS_CPU_RELU,
 	};
 	return 0;
 }
@@ -110,13 +114,28 @@ static size_t conv2d_workspace(const ds_node *node, const ds_shape *in, int n_in
 static int conv2d_forward_cpu(const ds_op_args *a, ds_error *err)
 {
 	ds_conv2d_dims d;
-	int rc;
+	int act, rc;
 
-	if ((rc = conv_dims(a->node, a->in[0]->shape, a->in[1]->shape, a->out[0]->shape, &d, err)))
+	if ((rc = conv_dims(a->node, a->in[0]->shape, a->in[1]->shape, a->out[0]->shape, &d, err)) ||
+	    (rc = ds_op_epilogue(a->node, &act, err)))
 		return rc;
 	ds_conv2d_forward(&d, a->in[0]->data, a->in[1]->data, a->n_in > 2 ? a->in[2]->data : NULL,
 			  a->out[0]->data, a->workspace);
+	/* ReLU is applied inside the kernels; other epilogues in place after. */
+	if (act && !d.relu)
+		ds_cpu_act_forward((ds_cpu_act)(act - 1), 0.0f, a->out[0]->data, a->out[0]->data,
+				   ds_tensor_numel(a->out[0]));
 	return 0;
+}
+
+/* A fused activation is an inference form (ds-optimize writes it): its
+ * gradient would need the output kept, which training plans do not keep
+ * for conv2d and linear. */
+static int refuse_fused_backward(const ds_op_args *a, ds_error *err)
+{
+	return ds_error_set(err, DS_ERR_DATA, "inference_only",
+			    "node '%s': a fused activation is for inference; train the model before ds-optimize",
+			    ds_node_name(a->node));
 }
 
 static int conv2d_backward_cpu(const ds_op_args *a, ds_error *err)
@@ -127,6 +146,8 @@ static int conv2d_backward_cpu(const ds_op_args *a, ds_error *err)
 
 	if ((rc = conv_dims(a->node, a->in[0]->shape, a->in[1]->shape, a->grad_out[0]->shape, &d, err)))
 		return rc;
+	if (d.relu || (ds_node_attrs(a->node) && json_object_get(ds_node_attrs(a->node), "activation")))
+		return refuse_fused_backward(a, err);
 	ds_conv2d_backward(&d, a->in[0]->data, a->in[1]->data, a->grad_out[0]->data,
 			   gx ? gx->data : NULL, gw ? gw->data : NULL, gb ? gb->data : NULL,
 			   a->workspace);

@@ -2,10 +2,11 @@
 #include "config.h"
 #include "ops.h"
 #include "cpu/conv.h"
+#include "cpu/elementwise.h"
 
 #include <inttypes.h>
 
-static const char *const linear_attrs[] = { NULL };
+static const char *const linear_attrs[] = { "activation", NULL };
 
 /* x [..., in], weight [out, in], bias [out] -> [..., out] */
 static int linear_infer(const ds_node *node, const ds_shape *in, int n_in, ds_shape *out,
@@ -13,10 +14,10 @@ static int linear_infer(const ds_node *node, const ds_shape *in, int n_in, ds_sh
 {
 	const ds_shape *x = &in[0], *w = &in[1];
 	char xs[128], ws[128];
-	int rc;
+	int act, rc;
 
 	if ((rc = ds_op_check_ndim(node, in, 0, 1, DS_MAX_DIMS, err)) ||
-	    (rc = ds_op_check_ndim(node, in, 1, 2, 2, err)))
+	    (rc = ds_op_check_ndim(node, in, 1, 2, 2, err)) || (rc = ds_op_epilogue(node, &act, err)))
 		return rc;
 	if (x->dim[x->ndim - 1] != w->dim[1])
 		return ds_error_set(err, DS_ERR_DATA, "shape_mismatch",
@@ -54,10 +55,15 @@ static int64_t linear_rows(const ds_tensor *x)
 static int linear_forward_cpu(const ds_op_args *a, ds_error *err)
 {
 	const ds_tensor *x = a->in[0], *w = a->in[1];
+	int act, rc;
 
-	(void)err;
+	if ((rc = ds_op_epilogue(a->node, &act, err)))
+		return rc;
 	ds_linear_forward(linear_rows(x), w->shape[1], w->shape[0], x->data, w->data,
 			  a->n_in > 2 ? a->in[2]->data : NULL, a->out[0]->data);
+	if (act)
+		ds_cpu_act_forward((ds_cpu_act)(act - 1), 0.0f, a->out[0]->data, a->out[0]->data,
+				   ds_tensor_numel(a->out[0]));
 	return 0;
 }
 
@@ -66,7 +72,10 @@ static int linear_backward_cpu(const ds_op_args *a, ds_error *err)
 	const ds_tensor *x = a->in[0], *w = a->in[1];
 	ds_tensor *gx = a->grad_in[0], *gw = a->grad_in[1], *gb = a->n_in > 2 ? a->grad_in[2] : NULL;
 
-	(void)err;
+	if (ds_node_attrs(a->node) && json_object_get(ds_node_attrs(a->node), "activation"))
+		return ds_error_set(err, DS_ERR_DATA, "inference_only",
+				    "node '%s': a fused activation is for inference; train the model before ds-optimize",
+				    ds_node_name(a->node));
 	ds_linear_backward(linear_rows(a->grad_out[0]), w->shape[1], w->shape[0], x->data, w->data,
 			   a->grad_out[0]->data, gx ? gx->data : NULL, gw ? gw->data : NULL,
 			   gb ? gb->data : NULL);

@@ -23,6 +23,7 @@ extern const ds_op ds_ops_pool[];
 extern const ds_op ds_ops_shape[];
 extern const ds_op ds_ops_loss[];
 extern const ds_op ds_ops_embedding[];
+extern const ds_op ds_ops_quant[];
 
 /* Dimensions and attribute values beyond this are refused, so that the
  * arithmetic of shape inference cannot overflow int64. */
@@ -66,6 +67,11 @@ int ds_op_attr_axis(const ds_node *node, const char *name, int64_t fallback, int
 /* A string attribute, one of the NULL-terminated choices; *out is its index. */
 int ds_op_attr_choice(const ds_node *node, const char *name, const char *const *choices,
 		      int fallback, int *out, ds_error *err);
+
+/* The "activation" epilogue attribute of conv2d and linear (ds-optimize's
+ * fuse-activation pass sets it): 0 none, else 1 + a ds_cpu_act.  Status 3
+ * for a name it does not know. */
+int ds_op_epilogue(const ds_node *node, int *act, ds_error *err);
 
 /* Output length of a sliding window along one dimension (convolution and
  * pooling), status 3 when the window does not fit. */

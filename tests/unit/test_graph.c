@@ -770,6 +770,52 @@ static void test_large(void)
 	json_decref(doc);
 }
 
+/* The INT8 ops of ds-quantize: the float ops' shapes, U8 or F32 by their
+ * attributes, dtypes checked. */
+static void test_quant_ops(void)
+{
+	ds_container *c = ds_container_new();
+	ds_graph *g;
+
+	add_param(c, "cw", DS_I8, 4, (int64_t[]){ 8, 1, 3, 3 });
+	P(c, "cs", 8);
+	P(c, "cb", 8);
+	add_param(c, "fw", DS_I8, 2, (int64_t[]){ 10, 8 });
+	P(c, "fs", 10);
+	g = parse_ok("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,1,8,8]}],"
+		     "'nodes':[{'op':'quantize','name':'q','inputs':['x'],'outputs':['xq'],"
+		     "'attrs':{'scale':0.1,'zero_point':3}},"
+		     "{'op':'qconv2d','name':'conv','inputs':['xq','cw','cs','cb'],'outputs':['c'],"
+		     "'attrs':{'padding':1,'activation':'relu','x_scale':0.1,'x_zero_point':3,'y_scale':0.2,'y_zero_point':0}},"
+		     "{'op':'qadd','name':'add','inputs':['c','c'],'outputs':['a'],"
+		     "'attrs':{'a_scale':0.2,'a_zero_point':0,'b_scale':0.2,'b_zero_point':0,'y_scale':0.4,'y_zero_point':0}},"
+		     "{'op':'qmax_pool','name':'mp','inputs':['a'],'outputs':['m'],'attrs':{'kernel':2}},"
+		     "{'op':'qglobal_avg_pool','name':'gap','inputs':['m'],'outputs':['p']},"
+		     "{'op':'flatten','name':'flat','inputs':['p'],'outputs':['f']},"
+		     "{'op':'qlinear','name':'fc','inputs':['f','fw','fs'],'outputs':['y'],"
+		     "'attrs':{'x_scale':0.4,'x_zero_point':0}},"
+		     "{'op':'dequantize','name':'dq','inputs':['m'],'outputs':['d'],'attrs':{'scale':0.4,'zero_point':0}}],"
+		     "'outputs':['y','d']}", c, "quantized ops");
+	if (g) {
+		is_str(shape_of(g, "c"), "[1, 8, 8, 8]", "qconv2d: conv2d's shape");
+		is_int(ds_graph_shape(g, "c")->dtype, DS_U8, "qconv2d: U8 with y_scale");
+		is_str(shape_of(g, "m"), "[1, 8, 4, 4]", "qmax_pool: max_pool's shape");
+		is_str(shape_of(g, "p"), "[1, 8, 1, 1]", "qglobal_avg_pool: [N, C, 1, 1]");
+		is_int(ds_graph_shape(g, "f")->dtype, DS_U8, "flatten keeps U8");
+		is_str(shape_of(g, "y"), "[1, 10]", "qlinear: linear's shape");
+		is_int(ds_graph_shape(g, "y")->dtype, DS_F32, "qlinear: F32 without y_scale");
+		is_int(ds_graph_shape(g, "d")->dtype, DS_F32, "dequantize: F32");
+		ds_graph_free(g);
+	}
+	parse_fails("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,1,8,8]}],"
+		    "'nodes':[{'op':'qmax_pool','name':'mp','inputs':['x'],'outputs':['m'],'attrs':{'kernel':2}}],"
+		    "'outputs':['m']}", c, "shape_mismatch", "expected U8", "qmax_pool on F32");
+	parse_fails("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,1,8,8]}],"
+		    "'nodes':[{'op':'quantize','name':'q','inputs':['x'],'outputs':['m'],'attrs':{'scale':0}}],"
+		    "'outputs':['m']}", c, "bad_attr", "attribute 'scale'", "quantize with scale 0");
+	ds_container_free(c);
+}
+
 static void test_coverage(void)
 {
 	for (size_t i = 0; i < ds_op_count(); i++)
@@ -791,6 +837,7 @@ int main(void)
 	test_errors();
 	test_order();
 	test_large();
+	test_quant_ops();
 	test_coverage();
 	return done_testing();
 }

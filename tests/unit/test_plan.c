@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __GLIBC__
@@ -13,6 +14,7 @@
 #endif
 
 #include "ds.h"
+#include "internal.h"
 #include "tap.h"
 
 #define D 4      /* input features */
@@ -601,6 +603,235 @@ static void test_errors(void)
 	mlp_free(&m);
 }
 
+/* ------------------------------------------------------------ sparse tables */
+
+#define BAG_V 20     /* table rows; ids stay below BAG_USED */
+#define BAG_USED 12
+#define BAG_D 5
+#define BAG_L 6
+
+static const char *bag_json_fmt =
+	"{\"inputs\": [{\"name\": \"x\", \"dtype\": \"I32\", \"shape\": [-1, %d]},"
+	"              {\"name\": \"y\", \"dtype\": \"I32\", \"shape\": [-1]}],"
+	" \"nodes\": ["
+	"  {\"op\": \"embedding_bag\", \"name\": \"bag\", \"inputs\": [\"x\", \"emb\"], \"outputs\": [\"e\"],"
+	"   \"attrs\": {\"mode\": \"mean\", \"sparse\": %s}},"
+	"  {\"op\": \"linear\", \"name\": \"fc\", \"inputs\": [\"e\", \"%s\"], \"outputs\": [\"logits\"]},"
+	"  {\"op\": \"cross_entropy\", \"name\": \"ce\", \"inputs\": [\"logits\", \"y\"], \"outputs\": [\"loss\"]}],"
+	" \"outputs\": [\"loss\"]}";
+
+/* A bag model with the same weights every call (the generator restarts);
+ * tied makes the classifier read the table too. */
+static ds_plan *bag_plan(const char *sparse, int tied, ds_container **params, ds_graph **g)
+{
+	char json[1024];
+	ds_error err = { 0 };
+	ds_plan *p = NULL;
+
+	rng = 0x1234567887654321ull;
+	*params = ds_container_new();
+	add_tensor(*params, "emb", 2, BAG_V, BAG_D, 0.5);
+	add_tensor(*params, "fc.weight", 2, K, BAG_D, 0.5);
+	snprintf(json, sizeof json, bag_json_fmt, BAG_L, sparse, tied ? "emb" : "fc.weight");
+	if (ds_graph_parse(json, *params, g, &err) || ds_plan_new(*g, *params, B, "loss", DS_CPU, &p, &err))
+		diag("bag plan: %s", err.message);
+	return p;
+}
+
+/* Ids below BAG_USED with repeats and -1 padding, as ds-clean packs text. */
+static void bag_batch(ds_plan *p, int n, uint64_t seed)
+{
+	int32_t *x = ds_plan_tensor(p, "x")->data, *y = ds_plan_tensor(p, "y")->data;
+
+	rng = seed;
+	for (int r = 0; r < n; r++) {
+		int len = 1 + (int)(uniform() * BAG_L);
+
+		y[r] = (int32_t)(uniform() * K);
+		for (int j = 0; j < BAG_L; j++)
+			x[r * BAG_L + j] = j < len ? (int32_t)(uniform() * BAG_USED) : -1;
+	}
+}
+
+static int grads_equal(ds_plan *a, ds_plan *b)
+{
+	int same = 1;
+
+	for (size_t i = 0; i < ds_plan_param_count(a); i++)
+		same &= memcmp(ds_plan_grad(a, i)->data, ds_plan_grad(b, i)->data,
+			       ds_tensor_nbytes(ds_plan_grad(a, i))) == 0;
+	return same;
+}
+
+static int bag_step(ds_plan *p, int n, uint64_t seed)
+{
+	ds_error err = { 0 };
+
+	bag_batch(p, n, seed);
+	if (ds_plan_set_batch(p, n, &err) || ds_plan_forward(p, 1, seed, &err) || ds_plan_backward(p, &err)) {
+		diag("bag step: %s", err.message);
+		return -1;
+	}
+	return 0;
+}
+
+/* The rows listed are exactly the distinct ids seen since zero_grad. */
+static int rows_match(ds_plan *p, const uint64_t *seeds, const int *ns, int k)
+{
+	ds_grad_rows r;
+	int seen[BAG_V] = { 0 }, listed[BAG_V] = { 0 }, want = 0;
+
+	if (!ds_plan_grad_rows(p, 0, &r) || r.width != BAG_D)
+		return 0;
+	for (int s = 0; s < k; s++) {
+		bag_batch(p, ns[s], seeds[s]);
+		for (int e = 0; e < ns[s] * BAG_L; e++) {
+			int32_t id = ((int32_t *)ds_plan_tensor(p, "x")->data)[e];
+
+			if (id >= 0 && !seen[id]++)
+				want++;
+		}
+	}
+	for (size_t i = 0; i < r.count; i++)
+		if (r.rows[i] < 0 || r.rows[i] >= BAG_V || listed[r.rows[i]]++ || !seen[r.rows[i]])
+			return 0;
+	return (int)r.count == want;
+}
+
+/* Plain embedding takes "sparse" too; a value other than 0 or 1 is refused. */
+static void test_sparse_lookup(void)
+{
+	static const char *fmt =
+		"{\"inputs\": [{\"name\": \"x\", \"dtype\": \"I32\", \"shape\": [-1, 2]},"
+		"              {\"name\": \"y\", \"dtype\": \"I32\", \"shape\": [-1]}],"
+		" \"nodes\": ["
+		"  {\"op\": \"embedding\", \"name\": \"emb\", \"inputs\": [\"x\", \"t\"], \"outputs\": [\"e\"],"
+		"   \"attrs\": {\"sparse\": %s}},"
+		"  {\"op\": \"flatten\", \"name\": \"f\", \"inputs\": [\"e\"], \"outputs\": [\"h\"]},"
+		"  {\"op\": \"linear\", \"name\": \"fc\", \"inputs\": [\"h\", \"w\"], \"outputs\": [\"logits\"]},"
+		"  {\"op\": \"cross_entropy\", \"name\": \"ce\", \"inputs\": [\"logits\", \"y\"], \"outputs\": [\"loss\"]}],"
+		" \"outputs\": [\"loss\"]}";
+	const char *values[3] = { "0", "1", "2" };
+	ds_container *c[3] = { NULL };
+	ds_graph *g[3] = { NULL };
+	ds_plan *p[3] = { NULL };
+	ds_error err = { 0 };
+	ds_grad_rows r;
+	int rc = 0;
+
+	for (int v = 0; v < 3; v++) {
+		char json[1024];
+		int32_t *x, *y;
+
+		rng = 99;
+		c[v] = ds_container_new();
+		add_tensor(c[v], "t", 2, BAG_V, 3, 0.5);
+		add_tensor(c[v], "w", 2, K, 6, 0.5);
+		snprintf(json, sizeof json, fmt, values[v]);
+		ds_error_clear(&err);
+		rc = ds_graph_parse(json, c[v], &g[v], &err);
+		if (!rc)
+			rc = ds_plan_new(g[v], c[v], 4, "loss", DS_CPU, &p[v], &err);
+		if (v == 2)
+			break;
+		if (rc) {
+			ok(0, "embedding plan: %s", err.message);
+			goto out;
+		}
+		x = ds_plan_tensor(p[v], "x")->data;
+		y = ds_plan_tensor(p[v], "y")->data;
+		for (int e = 0; e < 8; e++)
+			x[e] = e == 3 ? -1 : (e * 5) % 7;
+		for (int e = 0; e < 4; e++)
+			y[e] = e % K;
+		if (ds_plan_forward(p[v], 1, 0, &err) || ds_plan_backward(p[v], &err)) {
+			ok(0, "embedding step: %s", err.message);
+			goto out;
+		}
+	}
+	ok(grads_equal(p[0], p[1]), "sparse embedding: the same gradient as the dense one");
+	ok(ds_plan_grad_rows(p[1], 0, &r) && r.count == 6 && r.rows[0] == 0 && r.rows[5] == 6,
+	   "its rows are the distinct ids, in order");
+	ok(rc == DS_ERR_DATA && strstr(err.message, "sparse"), "\"sparse\": 2 is refused: %s", err.message);
+out:
+	for (int v = 0; v < 3; v++) {
+		ds_plan_free(p[v]);
+		ds_graph_free(g[v]);
+		ds_container_free(c[v]);
+	}
+}
+
+static void test_sparse_rows(void)
+{
+	ds_container *cd = NULL, *cs = NULL, *ct = NULL;
+	ds_graph *gd = NULL, *gs = NULL, *gt = NULL;
+	ds_plan *dense = bag_plan("0", 0, &cd, &gd), *sparse = bag_plan("true", 0, &cs, &gs);
+	ds_plan *tied = bag_plan("1", 1, &ct, &gt);
+	const uint64_t seeds[2] = { 11, 12 };
+	const int ns[2] = { B, B - 3 };
+	ds_grad_rows r;
+	double nd, ns_norm, worst = 0;
+	int zero = 1;
+
+	if (!dense || !sparse || !tied) {
+		ok(0, "bag plans");
+		goto out;
+	}
+	ok(!ds_plan_grad_rows(dense, 0, &r), "a table without \"sparse\" keeps a dense gradient");
+	ok(ds_plan_grad_rows(sparse, 0, &r) && r.count == 0, "\"sparse\": true gives a row list, empty at first");
+	ok(!ds_plan_grad_rows(sparse, 1, &r), "the classifier's weight stays dense");
+	ok(!ds_plan_grad_rows(tied, 0, &r), "a table a dense node also reads stays dense");
+
+	bag_step(dense, ns[0], seeds[0]);
+	bag_step(sparse, ns[0], seeds[0]);
+	ok(grads_equal(dense, sparse), "sparse embedding_bag: the same gradient, bit for bit, as the dense one");
+	ok(rows_match(sparse, seeds, ns, 1), "its rows are the distinct ids of the batch");
+
+	/* Accumulation: a second backward (a short batch) adds; the rows are the union. */
+	bag_step(dense, ns[1], seeds[1]);
+	bag_step(sparse, ns[1], seeds[1]);
+	ok(grads_equal(dense, sparse), "accumulated over two backwards: still the dense gradient");
+	ok(rows_match(sparse, seeds, ns, 2), "and the rows are the union of both batches'");
+
+	/* Clipping sums the listed rows only: the same norm up to rounding. */
+	nd = ds_plan_clip_grad_norm(dense, 0.01);
+	ns_norm = ds_plan_clip_grad_norm(sparse, 0.01);
+	for (size_t i = 0; i < ds_plan_param_count(dense); i++) {
+		const float *a = ds_plan_grad(dense, i)->data, *b = ds_plan_grad(sparse, i)->data;
+
+		for (int64_t e = 0; e < ds_tensor_numel(ds_plan_grad(dense, i)); e++)
+			if (fabs(a[e] - b[e]) > worst)
+				worst = fabs(a[e] - b[e]);
+	}
+	ok(nd > 0.01 && fabs(nd - ns_norm) <= 1e-12 * nd, "clipping: the same norm (%.9g, %.9g)", nd, ns_norm);
+	ok(worst <= 1e-9, "and the same clipped gradient (worst %.2g)", worst);
+
+	ds_plan_zero_grad(sparse);
+	for (size_t i = 0; i < ds_plan_param_count(sparse); i++) {
+		const float *g = ds_plan_grad(sparse, i)->data;
+
+		for (int64_t e = 0; e < ds_tensor_numel(ds_plan_grad(sparse, i)); e++)
+			zero &= g[e] == 0.0f;
+	}
+	ok(zero && ds_plan_grad_rows(sparse, 0, &r) && r.count == 0, "zero_grad clears the rows and the list");
+	ds_plan_zero_grad(dense);
+	bag_step(dense, ns[1], seeds[1]);
+	bag_step(sparse, ns[1], seeds[1]);
+	ok(grads_equal(dense, sparse) && rows_match(sparse, seeds + 1, ns + 1, 1),
+	   "after zero_grad the next backward starts clean");
+	test_sparse_lookup();
+out:
+	ds_plan_free(dense);
+	ds_plan_free(sparse);
+	ds_plan_free(tied);
+	ds_graph_free(gd);
+	ds_graph_free(gs);
+	ds_graph_free(gt);
+	ds_container_free(cd);
+	ds_container_free(cs);
+	ds_container_free(ct);
+}
+
 int main(void)
 {
 	test_mlp();
@@ -609,5 +840,6 @@ int main(void)
 	test_dropout_batchnorm();
 	test_residual();
 	test_errors();
+	test_sparse_rows();
 	return done_testing();
 }

@@ -1,0 +1,97 @@
+/* quant.h - CPU kernels for INT8 inference.
+ *
+ * Activations are U8 with a scale and a zero point per tensor (real =
+ * scale * (q - zero_point)); weights are I8, symmetric, with one F32 scale
+ * per output channel.  Products accumulate exactly in int32; the epilogue
+ * turns an accumulator into the output (F32, or U8 requantized to the
+ * output's scale and zero point) with the bias and a clamp for a fused ReLU
+ * or ReLU6.  Every product kernel has a plain reference (the loops, for
+ * tests) and a packed form with two micro-kernels: AVX-512 VNNI
+ * (vpdpbusd, u8 x s8 -> s32) where the CPU has it, portable C elsewhere.
+ * No kernel allocates; scratch comes from the caller, sized by the
+ * _workspace functions.
+ */
+#ifndef DS_KERNELS_CPU_QUANT_H
+#define DS_KERNELS_CPU_QUANT_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cpu/conv.h"
+
+/* How an accumulator of output channel o becomes an output value. */
+typedef struct ds_qout {
+	float x_scale;               /* the input's quantization */
+	int32_t x_zero_point;
+	const float *w_scale;        /* [o] */
+	const float *bias;           /* [o], F32, or NULL */
+	float lo, hi;                /* clamp of the real value: -inf/inf, or 0/inf (relu), 0/6 (relu6) */
+	int u8;                      /* 1: U8 output with y_scale and y_zero_point; 0: F32 */
+	float y_scale;
+	int32_t y_zero_point;
+} ds_qout;
+
+/* U8 from a real value: round half to even, saturate to [0, 255]; NaN is
+ * the zero point's floor (0).  inv_scale is 1 / scale. */
+static inline uint8_t ds_q8(float v, float inv_scale, int32_t zero_point)
+{
+	float q = v * inv_scale + (float)zero_point;
+
+	/* Comparisons rather than fmaxf (a libm call without -ffast-math);
+	 * NaN fails both and lands on 0.  Adding and taking away 1.5 * 2^23
+	 * rounds half to even, as lrintf and vcvtps2dq do. */
+	q = q > 0.0f ? q : 0.0f;
+	q = q < 255.0f ? q : 255.0f;
+	q = (q + 12582912.0f) - 12582912.0f;
+	return (uint8_t)q;
+}
+
+/* The real value of output channel o from acc = sum (x - x_zp) * w. */
+static inline float ds_qout_real(const ds_qout *e, int64_t o, int32_t acc)
+{
+	float v = (float)acc * (e->x_scale * e->w_scale[o]) + (e->bias ? e->bias[o] : 0.0f);
+
+	v = v > e->lo ? v : e->lo;
+	return v < e->hi ? v : e->hi;
+}
+
+/* Scale and zero point that map [lo, hi] (widened to hold 0, so that
+ * zero padding is exact) onto 0..255. */
+void ds_qparams_choose(float lo, float hi, float *scale, int32_t *zero_point);
+void ds_quantize_f32(int64_t n, const float *x, float scale, int32_t zero_point, uint8_t *y);
+void ds_dequantize_u8(int64_t n, const uint8_t *x, float scale, int32_t zero_point, float *y);
+/* Smallest and largest finite value (0, 0 when there is none). */
+void ds_minmax_f32(int64_t n, const float *x, float *lo, float *hi);
+
+/* The micro-kernel the packed kernels use: 1 for VNNI.  ds_qgemm_force
+ * picks one for tests and timing (-1: back to the CPU's choice); forcing
+ * VNNI on a CPU without it is ignored. */
+int ds_qgemm_vnni(void);
+void ds_qgemm_force(int vnni);
+
+/* conv2d over NCHW U8 input, I8 filters [o, c/groups, kh, kw] (d->relu is
+ * ignored: e clamps); y is U8 or F32 NCHW as e says. */
+size_t ds_qconv2d_workspace(const ds_conv2d_dims *d);
+void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e,
+			void *y, void *ws);
+void ds_qconv2d_forward_ref(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e,
+			    void *y);
+
+/* y[m, out] = x[m, in] w[out, in]^T, through e. */
+size_t ds_qlinear_workspace(int64_t m, int64_t in, int64_t out);
+void ds_qlinear_forward(int64_t m, int64_t in, int64_t out, const uint8_t *x, const int8_t *w, const ds_qout *e,
+			void *y, void *ws);
+void ds_qlinear_forward_ref(int64_t m, int64_t in, int64_t out, const uint8_t *x, const int8_t *w,
+			    const ds_qout *e, void *y);
+
+/* Max pooling keeps the scale: the maximum of the codes is the code of the
+ * maximum.  Padding never wins. */
+void ds_qmax_pool_forward(const ds_pool_dims *d, const uint8_t *x, uint8_t *y);
+/* planes = n * c of size elements each; the mean code, rounded half up. */
+void ds_qglobal_avg_pool_forward(int64_t planes, int64_t size, const uint8_t *x, uint8_t *y);
+/* y = a + b elementwise (same shapes), clamped to [lo, hi], requantized. */
+void ds_qadd_forward(int64_t n, const uint8_t *a, float a_scale, int32_t a_zp, const uint8_t *b, float b_scale,
+		     int32_t b_zp, float lo, float hi, float y_scale, int32_t y_zp, uint8_t *y);
+
+#endif

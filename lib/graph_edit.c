@@ -1,0 +1,151 @@
+/* graph_edit.c - small edits of a graph document for the optimizer.
+ * Documents are small (hundreds of nodes), so lookups scan: clarity wins
+ * over indexes here, and every pass re-parses the result anyway. */
+#include "config.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "graph_edit.h"
+#include "internal.h"
+
+static json_t *nodes_of(const json_t *graph)
+{
+	return json_object_get(graph, "nodes");
+}
+
+size_t ds_edit_node_count(const json_t *graph)
+{
+	return json_array_size(nodes_of(graph));
+}
+
+json_t *ds_edit_node(const json_t *graph, size_t i)
+{
+	return json_array_get(nodes_of(graph), i);
+}
+
+const char *ds_edit_node_op(const json_t *node)
+{
+	return json_string_value(json_object_get(node, "op"));
+}
+
+const char *ds_edit_node_name(const json_t *node)
+{
+	return json_string_value(json_object_get(node, "name"));
+}
+
+size_t ds_edit_input_count(const json_t *node)
+{
+	return json_array_size(json_object_get(node, "inputs"));
+}
+
+const char *ds_edit_input(const json_t *node, size_t i)
+{
+	return json_string_value(json_array_get(json_object_get(node, "inputs"), i));
+}
+
+const char *ds_edit_output(const json_t *node, size_t i)
+{
+	return json_string_value(json_array_get(json_object_get(node, "outputs"), i));
+}
+
+ssize_t ds_edit_producer(const json_t *graph, const char *value)
+{
+	for (size_t i = 0; i < ds_edit_node_count(graph); i++) {
+		const json_t *outs = json_object_get(ds_edit_node(graph, i), "outputs");
+
+		for (size_t j = 0; j < json_array_size(outs); j++)
+			if (!strcmp(json_string_value(json_array_get(outs, j)), value))
+				return (ssize_t)i;
+	}
+	return -1;
+}
+
+int ds_edit_is_output(const json_t *graph, const char *value)
+{
+	const json_t *outs = json_object_get(graph, "outputs");
+
+	for (size_t j = 0; j < json_array_size(outs); j++)
+		if (!strcmp(json_string_value(json_array_get(outs, j)), value))
+			return 1;
+	return 0;
+}
+
+size_t ds_edit_uses(const json_t *graph, const char *value)
+{
+	size_t uses = (size_t)ds_edit_is_output(graph, value);
+
+	for (size_t i = 0; i < ds_edit_node_count(graph); i++) {
+		const json_t *node = ds_edit_node(graph, i);
+
+		for (size_t j = 0; j < ds_edit_input_count(node); j++)
+			if (!strcmp(ds_edit_input(node, j), value))
+				uses++;
+	}
+	return uses;
+}
+
+static int replace_in(json_t *names, const char *from, const char *to, ds_error *err)
+{
+	for (size_t j = 0; j < json_array_size(names); j++)
+		if (!strcmp(json_string_value(json_array_get(names, j)), from) &&
+		    json_array_set_new(names, j, json_string(to)))
+			return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+	return 0;
+}
+
+int ds_edit_replace_uses(json_t *graph, const char *from, const char *to, ds_error *err)
+{
+	int rc;
+
+	for (size_t i = 0; i < ds_edit_node_count(graph); i++)
+		if ((rc = replace_in(json_object_get(ds_edit_node(graph, i), "inputs"), from, to, err)))
+			return rc;
+	return replace_in(json_object_get(graph, "outputs"), from, to, err);
+}
+
+void ds_edit_remove_node(json_t *graph, size_t i)
+{
+	json_array_remove(nodes_of(graph), i);
+}
+
+static int name_taken(const json_t *graph, const ds_container *params, const char *name)
+{
+	const json_t *ins = json_object_get(graph, "inputs");
+
+	if (ds_container_get(params, name) || ds_edit_producer(graph, name) >= 0)
+		return 1;
+	for (size_t j = 0; j < json_array_size(ins); j++)
+		if (!strcmp(json_string_value(json_object_get(json_array_get(ins, j), "name")), name))
+			return 1;
+	return 0;
+}
+
+char *ds_edit_unique_name(const json_t *graph, const ds_container *params, const char *base, ds_error *err)
+{
+	size_t len = strlen(base) + 24;
+	char *name = ds_malloc(len, err);
+
+	if (!name)
+		return NULL;
+	snprintf(name, len, "%s", base);
+	for (unsigned n = 1; name_taken(graph, params, name); n++)
+		snprintf(name, len, "%s.%u", base, n);
+	return name;
+}
+
+size_t ds_edit_drop_unused_params(const json_t *graph, const json_t *before, ds_container *params)
+{
+	size_t dropped = 0;
+
+	for (size_t i = ds_container_count(params); i-- > 0;) {
+		const char *name = ds_container_name(params, i);
+
+		if (ds_edit_uses(before, name) && !ds_edit_uses(graph, name)) {
+			ds_container_remove(params, name);
+			dropped++;
+		}
+	}
+	return dropped;
+}

@@ -1,0 +1,584 @@
+/* optimize.c - ds-optimize's pass manager: rewrite a model's graph (and the
+ * parameters it reads) for inference, one named pass at a time, checking
+ * after each that the graph still parses, and reporting every rewrite.
+ *
+ * Passes work on the graph's JSON document (graph_edit.h) and are listed in
+ * one table; adding a pass is one function and one row.  Exact passes change
+ * no result beyond float rounding (folding batch norm reorders a product);
+ * none here drops or approximates anything. */
+#include "config.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "graph_edit.h"
+#include "internal.h"
+
+struct pass_ctx {
+	json_t *graph;
+	ds_container *params;
+	const ds_optimize_options *o;
+	json_t *log;                 /* array of rewrite lines */
+	int rewrites;                /* of the pass running */
+};
+
+static int note(struct pass_ctx *c, ds_error *err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int note(struct pass_ctx *c, ds_error *err, const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	c->rewrites++;
+	ds_log_verbose(c->o->cli, "%s", line);
+	if (json_array_append_new(c->log, json_string(line)))
+		return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+	return 0;
+}
+
+/* Make node i's only output disappear into its first input: readers of the
+ * output read the input instead.  When the output is a graph output the
+ * producer of the input is renamed instead (graph outputs keep their
+ * names); 1 when that is impossible and the node stays. */
+static int bypass_node(struct pass_ctx *c, size_t i, int *kept, ds_error *err)
+{
+	json_t *node = ds_edit_node(c->graph, i);
+	const char *in = ds_edit_input(node, 0), *out = ds_edit_output(node, 0);
+	char *in_copy, *out_copy;
+	int rc = 0;
+
+	*kept = 0;
+	if (!(in_copy = ds_strdup(in, err)) || !(out_copy = ds_strdup(out, err))) {
+		free(in_copy);
+		return DS_ERR_NOMEM;
+	}
+	if (ds_edit_is_output(c->graph, out)) {
+		ssize_t p = ds_edit_producer(c->graph, in);
+
+		if (p < 0 || ds_edit_uses(c->graph, in) != 1) {
+			*kept = 1;
+			goto out;
+		}
+		/* The producer now writes the graph output directly. */
+		json_t *outs = json_object_get(ds_edit_node(c->graph, (size_t)p), "outputs");
+
+		for (size_t j = 0; j < json_array_size(outs); j++)
+			if (!strcmp(json_string_value(json_array_get(outs, j)), in_copy))
+				json_array_set_new(outs, j, json_string(out_copy));
+		ds_edit_remove_node(c->graph, i);
+	} else {
+		ds_edit_remove_node(c->graph, i);
+		rc = ds_edit_replace_uses(c->graph, out_copy, in_copy, err);
+	}
+out:
+	free(in_copy);
+	free(out_copy);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- passes */
+
+/* Dropout is the identity at inference. */
+static int pass_drop_dropout(struct pass_ctx *c, ds_error *err)
+{
+	for (size_t i = 0; i < ds_edit_node_count(c->graph);) {
+		json_t *node = ds_edit_node(c->graph, i);
+		char name[256];
+		int kept, rc;
+
+		if (strcmp(ds_edit_node_op(node), "dropout") != 0) {
+			i++;
+			continue;
+		}
+		snprintf(name, sizeof name, "%s", ds_edit_node_name(node));
+		if ((rc = bypass_node(c, i, &kept, err)))
+			return rc;
+		if (kept) {
+			i++;
+			continue;
+		}
+		if ((rc = note(c, err, "drop-dropout: removed '%s'", name)))
+			return rc;
+	}
+	return 0;
+}
+
+/* Reshapes and flattens whose output has the shape of their input. */
+static int pass_drop_identity(struct pass_ctx *c, ds_error *err)
+{
+	ds_graph *g = NULL;
+	int rc = 0;
+
+	for (size_t i = 0; i < ds_edit_node_count(c->graph);) {
+		json_t *node = ds_edit_node(c->graph, i);
+		const char *op = ds_edit_node_op(node);
+		const ds_shape *a, *b;
+		char name[256], *text;
+		int same, kept;
+
+		if (strcmp(op, "reshape") != 0 && strcmp(op, "flatten") != 0) {
+			i++;
+			continue;
+		}
+		if (!(text = json_dumps(c->graph, JSON_COMPACT)))
+			return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+		rc = ds_graph_parse(text, c->params, &g, err);
+		free(text);
+		if (rc)
+			return rc;
+		a = ds_graph_shape(g, ds_edit_input(node, 0));
+		b = ds_graph_shape(g, ds_edit_output(node, 0));
+		same = a && b && a->ndim == b->ndim && !memcmp(a->dim, b->dim, (size_t)a->ndim * sizeof a->dim[0]);
+		ds_graph_free(g);
+		g = NULL;
+		if (!same) {
+			i++;
+			continue;
+		}
+		snprintf(name, sizeof name, "%s '%s'", op, ds_edit_node_name(node));
+		if ((rc = bypass_node(c, i, &kept, err)))
+			return rc;
+		if (kept) {
+			i++;
+			continue;
+		}
+		if ((rc = note(c, err, "drop-identity: removed %s (shape unchanged)", name)))
+			return rc;
+	}
+	return 0;
+}
+
+/* Nodes none of whose outputs is read, repeatedly. */
+static int pass_dead_nodes(struct pass_ctx *c, ds_error *err)
+{
+	int changed = 1, rc;
+
+	while (changed) {
+		changed = 0;
+		for (size_t i = ds_edit_node_count(c->graph); i-- > 0;) {
+			json_t *node = ds_edit_node(c->graph, i);
+			const json_t *outs = json_object_get(node, "outputs");
+			size_t used = 0;
+			char name[256];
+
+			for (size_t j = 0; j < json_array_size(outs); j++)
+				used += ds_edit_uses(c->graph, json_string_value(json_array_get(outs, j)));
+			if (used)
+				continue;
+			snprintf(name, sizeof name, "%s", ds_edit_node_name(node));
+			ds_edit_remove_node(c->graph, i);
+			changed = 1;
+			if ((rc = note(c, err, "dead-nodes: removed '%s' (its outputs are never read)", name)))
+				return rc;
+		}
+	}
+	return 0;
+}
+
+/* A node that reads only parameters computes the same tensor every run:
+ * compute it once and store it as a parameter under its output's name. */
+static int pass_constant_fold(struct pass_ctx *c, ds_error *err)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < ds_edit_node_count(c->graph);) {
+		json_t *node = ds_edit_node(c->graph, i), *sub = NULL;
+		const json_t *outs = json_object_get(node, "outputs");
+		ds_graph *g = NULL;
+		ds_plan *p = NULL;
+		ds_tensor *t = NULL;
+		char name[256], out[256], *text = NULL;
+		int constant = json_array_size(outs) == 1 && ds_edit_input_count(node) > 0;
+
+		for (size_t j = 0; constant && j < ds_edit_input_count(node); j++)
+			constant = ds_container_get(c->params, ds_edit_input(node, j)) != NULL;
+		if (!constant || !strcmp(ds_edit_node_op(node), "dropout")) {
+			i++;
+			continue;
+		}
+		snprintf(name, sizeof name, "%s", ds_edit_node_name(node));
+		snprintf(out, sizeof out, "%s", ds_edit_output(node, 0));
+		if (!(sub = json_pack("{s:[], s:[O], s:[s]}", "inputs", "nodes", node, "outputs", out)) ||
+		    !(text = json_dumps(sub, JSON_COMPACT))) {
+			rc = ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+			goto next;
+		}
+		if ((rc = ds_graph_parse(text, c->params, &g, err)) ||
+		    (rc = ds_plan_new(g, c->params, 1, NULL, DS_CPU, &p, err)) || (rc = ds_plan_keep(p, out, err)) ||
+		    (rc = ds_plan_forward(p, 0, 0, err)))
+			goto next;
+		if (!(t = ds_tensor_to(ds_plan_tensor(p, out), DS_CPU, err))) {
+			rc = DS_ERR_NOMEM;
+			goto next;
+		}
+		ds_edit_remove_node(c->graph, i);
+		if ((rc = ds_container_add(c->params, out, t, err)) ||
+		    (rc = note(c, err, "constant-fold: computed '%s' once; '%s' is now a parameter", name, out)))
+			goto next;
+	next:
+		ds_tensor_unref(t);
+		ds_plan_free(p);
+		ds_graph_free(g);
+		free(text);
+		json_decref(sub);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* Put t into the container as the new value of the parameter old_name of a
+ * node: in place when only this node reads it, else under a new name that
+ * the node's input slot then reads. */
+static int set_param(struct pass_ctx *c, json_t *node, size_t slot, const char *base, ds_tensor *t, ds_error *err)
+{
+	json_t *ins = json_object_get(node, "inputs");
+	const char *old = slot < json_array_size(ins) ? json_string_value(json_array_get(ins, slot)) : NULL;
+	char *name;
+	int rc;
+
+	if (old && ds_edit_uses(c->graph, old) == 1) {
+		ds_container_remove(c->params, old);
+		return ds_container_add(c->params, old, t, err);
+	}
+	if (!(name = ds_edit_unique_name(c->graph, c->params, base, err)))
+		return DS_ERR_NOMEM;
+	rc = ds_container_add(c->params, name, t, err);
+	if (!rc && (old ? json_array_set_new(ins, slot, json_string(name)) : json_array_append_new(ins, json_string(name))))
+		rc = ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+	free(name);
+	return rc;
+}
+
+static const float *f32_param(const struct pass_ctx *c, const char *name, int64_t count)
+{
+	ds_tensor *t = name ? ds_container_get(c->params, name) : NULL;
+
+	return t && t->dtype == DS_F32 && ds_tensor_numel(t) == count ? t->data : NULL;
+}
+
+/* batchnorm(conv(x, W, b)) = conv(x, W * s, (b - mean) * s + beta) with
+ * s = gamma / sqrt(var + eps) per output channel; the same for linear. */
+static int fold_one(struct pass_ctx *c, size_t bn_index, int *folded, ds_error *err)
+{
+	json_t *bn = ds_edit_node(c->graph, bn_index), *prod;
+	const char *x = ds_edit_input(bn, 0), *op;
+	ssize_t pi = ds_edit_producer(c->graph, x);
+	ds_tensor *w, *nw = NULL, *nb = NULL;
+	const float *gamma, *beta, *mean, *var, *bias = NULL;
+	int64_t outc, per;
+	double eps;
+	char bn_name[256], prod_name[256], base[300], *bn_out = NULL, *x_copy = NULL;
+	int rc = 0;
+
+	*folded = 0;
+	if (pi < 0 || ds_edit_uses(c->graph, x) != 1 || ds_edit_input_count(bn) != 5)
+		return 0;
+	prod = ds_edit_node(c->graph, (size_t)pi);
+	op = ds_edit_node_op(prod);
+	if ((strcmp(op, "conv2d") != 0 && strcmp(op, "linear") != 0) || json_object_get(json_object_get(prod, "attrs"), "activation"))
+		return 0;
+	w = ds_container_get(c->params, ds_edit_input(prod, 1));
+	if (!w || w->dtype != DS_F32 || w->ndim < 2)
+		return 0;
+	outc = w->shape[0];
+	per = ds_tensor_numel(w) / outc;
+	gamma = f32_param(c, ds_edit_input(bn, 1), outc);
+	beta = f32_param(c, ds_edit_input(bn, 2), outc);
+	mean = f32_param(c, ds_edit_input(bn, 3), outc);
+	var = f32_param(c, ds_edit_input(bn, 4), outc);
+	if (ds_edit_input_count(prod) > 2 && !(bias = f32_param(c, ds_edit_input(prod, 2), outc)))
+		return 0;
+	if (!gamma || !beta || !mean || !var)
+		return 0;
+	eps = json_number_value(json_object_get(json_object_get(bn, "attrs"), "eps"));
+	if (!json_is_number(json_object_get(json_object_get(bn, "attrs"), "eps")))
+		eps = 1e-5;
+	if (!(nw = ds_tensor_new(DS_F32, w->ndim, w->shape, DS_CPU, err)) ||
+	    !(nb = ds_tensor_new(DS_F32, 1, &outc, DS_CPU, err))) {
+		rc = DS_ERR_NOMEM;
+		goto out;
+	}
+	for (int64_t o = 0; o < outc; o++) {
+		double s = gamma[o] / sqrt((double)var[o] + eps);
+		const float *src = (const float *)w->data + o * per;
+		float *dst = (float *)nw->data + o * per;
+
+		for (int64_t k = 0; k < per; k++)
+			dst[k] = (float)(src[k] * s);
+		((float *)nb->data)[o] = (float)(((bias ? bias[o] : 0.0) - mean[o]) * s + beta[o]);
+	}
+	snprintf(bn_name, sizeof bn_name, "%s", ds_edit_node_name(bn));
+	snprintf(prod_name, sizeof prod_name, "%s", ds_edit_node_name(prod));
+	if (!(bn_out = ds_strdup(ds_edit_output(bn, 0), err)) || !(x_copy = ds_strdup(x, err))) {
+		rc = DS_ERR_NOMEM;
+		goto out;
+	}
+	snprintf(base, sizeof base, "%s.weight", prod_name);
+	if ((rc = set_param(c, prod, 1, base, nw, err)))
+		goto out;
+	snprintf(base, sizeof base, "%s.bias", prod_name);
+	if ((rc = set_param(c, prod, 2, base, nb, err)))
+		goto out;
+	/* The producer writes what the batch norm wrote; the norm goes. */
+	json_array_set_new(json_object_get(prod, "outputs"), 0, json_string(bn_out));
+	ds_edit_remove_node(c->graph, bn_index);
+	*folded = 1;
+	rc = note(c, err, "fold-batchnorm: folded '%s' into %s '%s'", bn_name, op, prod_name);
+out:
+	free(bn_out);
+	free(x_copy);
+	ds_tensor_unref(nw);
+	ds_tensor_unref(nb);
+	return rc;
+}
+
+static int pass_fold_batchnorm(struct pass_ctx *c, ds_error *err)
+{
+	for (size_t i = 0; i < ds_edit_node_count(c->graph);) {
+		int folded = 0, rc;
+
+		if (!strcmp(ds_edit_node_op(ds_edit_node(c->graph, i)), "batchnorm") &&
+		    (rc = fold_one(c, i, &folded, err)))
+			return rc;
+		if (!folded)
+			i++;
+	}
+	return 0;
+}
+
+/* Does the op take this attribute (its kernels implement it)? */
+static int op_accepts(const char *op_name, const char *attr)
+{
+	const ds_op *op = ds_op_find(op_name);
+
+	for (const char *const *a = op ? op->attrs : NULL; a && *a; a++)
+		if (!strcmp(*a, attr))
+			return 1;
+	return 0;
+}
+
+/* An activation that alone reads a convolution's or linear layer's output
+ * becomes that layer's epilogue ("activation" attribute): the kernels apply
+ * it while the output is in cache (ReLU inside the convolution's tiles),
+ * and its buffer and pass over memory go.  The list is what ds_op_epilogue
+ * takes. */
+static int pass_fuse_activation(struct pass_ctx *c, ds_error *err)
+{
+	static const char *const fusable[] = { "relu", "relu6", "sigmoid", "silu", "hardswish", "gelu", "tanh", NULL };
+
+	for (size_t i = 0; i < ds_edit_node_count(c->graph);) {
+		json_t *act = ds_edit_node(c->graph, i), *prod, *attrs;
+		const char *op = ds_edit_node_op(act), *x = ds_edit_input(act, 0), *pop;
+		char act_name[256], prod_name[256], *out;
+		ssize_t pi;
+		int known = 0, rc;
+
+		for (const char *const *f = fusable; *f; f++)
+			known |= !strcmp(*f, op);
+		pi = known ? ds_edit_producer(c->graph, x) : -1;
+		if (pi < 0 || ds_edit_uses(c->graph, x) != 1 || json_object_size(json_object_get(act, "attrs"))) {
+			i++;
+			continue;
+		}
+		prod = ds_edit_node(c->graph, (size_t)pi);
+		pop = ds_edit_node_op(prod);
+		attrs = json_object_get(prod, "attrs");
+		if ((strcmp(pop, "conv2d") != 0 && strcmp(pop, "linear") != 0) || !op_accepts(pop, "activation") ||
+		    json_object_get(attrs, "activation")) {
+			i++;
+			continue;
+		}
+		if (!attrs) {
+			json_object_set_new(prod, "attrs", json_object());
+			attrs = json_object_get(prod, "attrs");
+		}
+		snprintf(act_name, sizeof act_name, "%s '%s'", op, ds_edit_node_name(act));
+		snprintf(prod_name, sizeof prod_name, "%s", ds_edit_node_name(prod));
+		if (!attrs || json_object_set_new(attrs, "activation", json_string(op)) ||
+		    !(out = ds_strdup(ds_edit_output(act, 0), err)))
+			return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+		rc = json_array_set_new(json_object_get(prod, "outputs"), 0, json_string(out));
+		free(out);
+		if (rc)
+			return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+		ds_edit_remove_node(c->graph, i);
+		if ((rc = note(c, err, "fuse-activation: %s into %s '%s'", act_name, pop, prod_name)))
+			return rc;
+	}
+	return 0;
+}
+
+/* ----------------------------------------------------------- the manager */
+
+struct pass {
+	const char *name;
+	int level;                   /* runs from this -O level up */
+	int (*run)(struct pass_ctx *c, ds_error *err);
+	const char *what;
+};
+
+static const struct pass passes[] = {
+	{ "drop-dropout", 1, pass_drop_dropout, "remove dropout (the identity at inference)" },
+	{ "drop-identity", 1, pass_drop_identity, "remove reshapes and flattens that keep the shape" },
+	{ "constant-fold", 1, pass_constant_fold, "compute nodes that read only parameters once" },
+	{ "fold-batchnorm", 2, pass_fold_batchnorm, "fold batch norm into the convolution or linear layer before it" },
+	{ "fuse-activation", 2, pass_fuse_activation,
+	  "apply an activation in the epilogue of the convolution or linear layer before it" },
+	{ "dead-nodes", 1, pass_dead_nodes, "remove nodes whose outputs are never read" },
+};
+
+json_t *ds_optimize_pass_table(void)
+{
+	json_t *rows = json_array();
+
+	for (size_t i = 0; i < sizeof passes / sizeof passes[0]; i++)
+		json_array_append_new(rows, json_pack("{s:s, s:i, s:b, s:s}", "pass", passes[i].name, "level",
+						      passes[i].level, "exact", 1, "does", passes[i].what));
+	return json_pack("{s:o}", "passes", rows);
+}
+
+static int in_list(const char *list, const char *name)
+{
+	size_t n = strlen(name);
+
+	for (const char *p = list; p && *p;) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+
+		if (len == n && !strncmp(p, name, n))
+			return 1;
+		p = end ? end + 1 : NULL;
+	}
+	return 0;
+}
+
+/* Arena bytes of an inference plan at batch, for the report. */
+static int measure(const json_t *graph, ds_container *params, int64_t batch, json_t *into, const char *prefix,
+		   ds_error *err)
+{
+	char *text = json_dumps(graph, JSON_COMPACT), key[64];
+	ds_graph *g = NULL;
+	ds_plan *p = NULL;
+	int rc;
+
+	if (!text)
+		return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+	if ((rc = ds_graph_parse(text, params, &g, err)) || (rc = ds_plan_new(g, params, batch, NULL, DS_CPU, &p, err)))
+		goto out;
+	snprintf(key, sizeof key, "%s_nodes", prefix);
+	json_object_set_new(into, key, json_integer((json_int_t)ds_graph_node_count(g)));
+	snprintf(key, sizeof key, "%s_params", prefix);
+	json_object_set_new(into, key, json_integer(ds_graph_param_count(g)));
+	snprintf(key, sizeof key, "%s_flops", prefix);
+	json_object_set_new(into, key, json_integer(ds_graph_flops(g)));
+	snprintf(key, sizeof key, "%s_arena_bytes", prefix);
+	json_object_set_new(into, key, json_integer((json_int_t)ds_plan_arena_bytes(p)));
+out:
+	ds_plan_free(p);
+	ds_graph_free(g);
+	free(text);
+	return rc;
+}
+
+int ds_optimize_model(ds_container *model, const ds_optimize_options *o, json_t **report, ds_error *err)
+{
+	struct pass_ctx c = { .params = model, .o = o };
+	json_t *before = NULL, *rows = NULL, *figures = NULL;
+	int level = o->level < 0 ? 2 : o->level;
+	int64_t batch = o->batch > 0 ? o->batch : 64;
+	const char *target = o->target ? o->target : "cpu", *fmt;
+	int rc;
+
+	*report = NULL;
+	if (strcmp(target, "cpu") != 0 && strcmp(target, "cuda") != 0)
+		return ds_error_set(err, DS_ERR_USAGE, "usage", "--target: '%s' is not cpu or cuda", target);
+	if (level > 3)
+		return ds_error_set(err, DS_ERR_USAGE, "usage", "-O%d: levels are 0 to 3", level);
+	for (const char *p = o->disable; p && *p;) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p), i;
+		char name[64];
+
+		snprintf(name, sizeof name, "%.*s", (int)(len < 63 ? len : 63), p);
+		for (i = 0; i < sizeof passes / sizeof passes[0] && strcmp(passes[i].name, name); i++)
+			;
+		if (i == sizeof passes / sizeof passes[0])
+			return ds_error_set(err, DS_ERR_USAGE, "usage",
+					    "--disable-pass: no pass '%s' (--list-passes shows them)", name);
+		p = end ? end + 1 : NULL;
+	}
+	fmt = ds_container_meta_get(model, "ds.format");
+	if (fmt && strcmp(fmt, DS_FORMAT_MODEL) != 0)
+		return ds_error_set(err, DS_ERR_DATA, "not_model", "ds.format is '%s', not a model (%s)", fmt,
+				    DS_FORMAT_MODEL);
+	if ((rc = ds_container_meta_json(model, "ds.graph", &c.graph, err)))
+		return rc;
+	if (!c.graph)
+		return ds_error_set(err, DS_ERR_DATA, "bad_graph", "the model has no ds.graph");
+	if (!(before = json_deep_copy(c.graph)) || !(rows = json_array()) || !(figures = json_object())) {
+		rc = ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+		goto out;
+	}
+	if ((rc = measure(c.graph, model, batch, figures, "before", err)))
+		goto out;
+	for (size_t i = 0; i < sizeof passes / sizeof passes[0]; i++) {
+		const struct pass *ps = &passes[i];
+		int on = level >= ps->level && !in_list(o->disable, ps->name);
+		char *text;
+		ds_graph *check = NULL;
+
+		c.rewrites = 0;
+		if (!(c.log = json_array())) {
+			rc = ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+			goto out;
+		}
+		if (on && (rc = ps->run(&c, err))) {
+			ds_error_prefix(err, "%s", ps->name);
+			json_decref(c.log);
+			goto out;
+		}
+		/* Every pass leaves a graph that parses, or it has a bug. */
+		if (!(text = json_dumps(c.graph, JSON_COMPACT))) {
+			json_decref(c.log);
+			rc = ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+			goto out;
+		}
+		rc = ds_graph_parse(text, model, &check, err);
+		free(text);
+		ds_graph_free(check);
+		if (rc) {
+			json_decref(c.log);
+			ds_error_prefix(err, "after pass %s", ps->name);
+			rc = DS_ERR_RUN;
+			goto out;
+		}
+		json_array_append_new(rows, json_pack("{s:s, s:s, s:i, s:o}", "pass", ps->name, "state",
+						      on ? "ran" : level < ps->level ? "level" : "disabled",
+						      "rewrites", c.rewrites, "log", c.log));
+	}
+	ds_edit_drop_unused_params(c.graph, before, model);
+	if ((rc = measure(c.graph, model, batch, figures, "after", err)) ||
+	    (rc = ds_container_meta_set_json(model, "ds.graph", c.graph, err)))
+		goto out;
+	json_object_set_new(figures, "target", json_string(target));
+	json_object_set_new(figures, "level", json_integer(level));
+	json_object_set_new(figures, "batch", json_integer(batch));
+	*report = json_pack("{s:O, s:O}", "figures", figures, "passes", rows);
+	if (!*report)
+		rc = ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+out:
+	json_decref(before);
+	json_decref(rows);
+	json_decref(figures);
+	json_decref(c.graph);
+	return rc;
+}

@@ -1,0 +1,117 @@
+#!/usr/bin/env bats
+# ds-optimize: every zoo architecture optimizes to a model that computes what
+# the original did; the report, levels and switches; bad input writes nothing.
+
+load helpers
+
+setup() {
+	T=$BATS_TEST_TMPDIR
+	need ds-optimize
+	need ds-train
+	need ds-clean
+	need mkimages
+}
+
+data() {
+	[ -f "$T/d.dst" ] && return 0
+	mkimages idx "$T/idx" 64
+	ds-clean -q "$T/idx/t-images-idx3-ubyte" -o "$T/d.dst" --report /dev/null
+}
+
+model() {
+	data
+	[ -f "$T/$1.dsm" ] || ds-train -q --data "$T/d.dst" --arch "$1" --epochs "${2:-0}" --max-steps 2 -o "$T/$1.dsm"
+}
+
+nodes() {
+	ds-info --format json "$1" | "$PY" -c 'import json,sys; print(" ".join(sorted(o["op"] for o in json.load(sys.stdin)["ops"])))'
+}
+
+@test "every image architecture of the zoo optimizes and verifies" {
+	for arch in mlp cnn-small cnn-bn resnet-s mobilenet-s resnet18 mobilenet-v2 resnet50; do
+		model "$arch"
+		run ds-optimize --verify 8 -o "$T/$arch.opt.dsm" "$T/$arch.dsm"
+		[ "$status" -eq 0 ] || { echo "$arch: $output"; false; }
+		[[ "$(nodes "$T/$arch.opt.dsm")" != *batchnorm* ]] || { echo "$arch kept a batch norm"; false; }
+		[[ "$(nodes "$T/$arch.opt.dsm")" != *dropout* ]]
+	done
+}
+
+@test "text-bag optimizes and verifies" {
+	mkdir -p "$T/txt/en" "$T/txt/de"
+	for i in $(seq 10); do
+		echo "the cat sat on the mat number $i" > "$T/txt/en/$i.txt"
+		echo "der Hund lief nach Hause nummer $i" > "$T/txt/de/$i.txt"
+	done
+	ds-clean -q "$T/txt" --near-jaccard 0 -o "$T/t.dst" --report /dev/null
+	ds-train -q --data "$T/t.dst" --arch text-bag --epochs 0 -o "$T/t.dsm"
+	ds-optimize -q --verify 16 -o "$T/t.opt.dsm" "$T/t.dsm"
+}
+
+@test "a trained cnn-bn keeps its predictions: batch norm folded, the report says so" {
+	model cnn-bn 1
+	run --separate-stderr ds-optimize --verify 64 --format json -o "$T/o.dsm" "$T/cnn-bn.dsm"
+	[ "$status" -eq 0 ]
+	echo "$stderr" > "$T/r.json"
+	[ "$(json_eval "$T/r.json" "[p['rewrites'] for p in d['passes'] if p['pass'] == 'fold-batchnorm'][0]")" = 2 ]
+	[ "$(json_eval "$T/r.json" "d['verify']['top1_agreement']")" = 1.0 ]
+	[ "$(json_eval "$T/r.json" "d['verify']['max_rel_diff'] < 1e-5")" = True ]
+	[ "$(json_eval "$T/r.json" "d['figures']['after_nodes'] < d['figures']['before_nodes']")" = True ]
+	[ "$(json_eval "$T/r.json" "len(d['rewrites'])")" -ge 3 ]
+	# The history records the run and its figures.
+	ds-info --format json "$T/o.dsm" > "$T/i.json"
+	[ "$(json_eval "$T/i.json" "d['history'][-1]['tool']")" = ds-optimize ]
+	[ "$(json_eval "$T/i.json" "d['history'][-1]['figures']['verify']['inputs']")" = 64 ]
+}
+
+@test "activations are fused into the layers; the fused model is for inference only" {
+	model cnn-small
+	ds-optimize -q -o "$T/o.dsm" "$T/cnn-small.dsm"
+	[ "$(nodes "$T/o.dsm")" = "conv2d flatten linear max_pool" ]
+	run -3 --separate-stderr ds-train -q --finetune "$T/o.dsm" --data "$T/d.dst" --epochs 1 -o "$T/t.dsm"
+	[[ "$stderr" == *"a fused activation is for inference"* ]]
+	[ ! -e "$T/t.dsm" ]
+}
+
+@test "levels, --disable-pass and --dry-run" {
+	model cnn-bn
+	cp "$T/cnn-bn.dsm" "$T/orig.dsm"
+	run -0 ds-optimize -O0 -q -o "$T/o0.dsm" "$T/cnn-bn.dsm"
+	[[ "$(nodes "$T/o0.dsm")" == *batchnorm*dropout* ]]
+	[[ "$(nodes "$T/cnn-bn.dsm")" == *batchnorm*dropout* ]]
+	run -0 ds-optimize -O1 -q -o "$T/o1.dsm" "$T/cnn-bn.dsm"
+	[[ "$(nodes "$T/o1.dsm")" == *batchnorm* ]]
+	[[ "$(nodes "$T/o1.dsm")" != *dropout* ]]
+	run -0 ds-optimize --disable-pass fold-batchnorm -q -o "$T/od.dsm" "$T/cnn-bn.dsm"
+	[[ "$(nodes "$T/od.dsm")" == *batchnorm* ]]
+	run -0 --separate-stderr ds-optimize --dry-run "$T/cnn-bn.dsm"
+	[[ "$output" == *"fold-batchnorm: folded 'bn1' into conv2d 'conv1'"* ]]
+	run -0 ds-optimize --list-passes --format csv
+	[[ "${lines[0]}" == "pass,level,exact,does" ]]
+	# The input is never touched.
+	cmp "$T/cnn-bn.dsm" "$T/orig.dsm"
+}
+
+@test "pipes: a model from stdin to stdout" {
+	model cnn-small
+	ds-optimize -q -o - < "$T/cnn-small.dsm" > "$T/p.dsm"
+	ds-optimize -q --verify 4 -o "$T/p2.dsm" - < "$T/p.dsm"
+	[ "$(nodes "$T/p.dsm")" = "conv2d flatten linear max_pool" ]
+}
+
+@test "bad input and bad options write nothing" {
+	model cnn-small
+	run -2 ds-optimize "$T/cnn-small.dsm"
+	[[ "$output" == *"-o FILE"* ]]
+	run -2 ds-optimize -O7 -o "$T/x.dsm" "$T/cnn-small.dsm"
+	run -2 --separate-stderr ds-optimize --disable-pass nope -o "$T/x.dsm" "$T/cnn-small.dsm"
+	[[ "$stderr" == *"no pass 'nope'"* ]]
+	run -2 ds-optimize --target tpu -o "$T/x.dsm" "$T/cnn-small.dsm"
+	printf 'garbage' > "$T/bad.dsm"
+	run -3 ds-optimize -o "$T/x.dsm" "$T/bad.dsm"
+	run -5 ds-optimize -o "$T/x.dsm" "$T/missing.dsm"
+	run -3 --separate-stderr ds-optimize -o "$T/x.dsm" "$T/d.dst"
+	[[ "$stderr" == *"not a model"* ]]
+	[ ! -e "$T/x.dsm" ]
+	[ -z "$(ls -a "$T" | grep -i 'tmp')" ]
+}

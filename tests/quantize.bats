@@ -1,0 +1,222 @@
+#!/usr/bin/env bats
+# ds-quantize: the zoo's convolutional models trained briefly on a
+# Fashion-MNIST subset quantize to INT8 files a quarter of the size that
+# agree with the float model; the methods, modes and switches; pipes; bad
+# input writes nothing.
+
+bats_require_minimum_version 1.5.0
+
+load helpers
+
+FM=/usr/share/datasets/fashion-mnist
+
+setup_file() {
+	D=$BATS_FILE_TMPDIR
+	export D
+	command -v ds-quantize >/dev/null 2>&1 && command -v ds-train >/dev/null 2>&1 &&
+		command -v ds-clean >/dev/null 2>&1 || return 0
+	if [ -f "$FM/train-images-idx3-ubyte.gz" ]; then
+		ds-clean -q "$FM/train-images-idx3-ubyte.gz" --shard 1/40 -o "$D/train.dst" --report /dev/null
+		ds-clean -q "$FM/t10k-images-idx3-ubyte.gz" --shard 1/20 -o "$D/test.dst" --report /dev/null
+	else
+		mkimages idx "$D/idx" 64
+		ds-clean -q "$D/idx/t-images-idx3-ubyte" -o "$D/train.dst" --report /dev/null
+		cp "$D/train.dst" "$D/test.dst"
+	fi
+	for arch in cnn-small cnn-bn resnet-s mobilenet-s; do
+		ds-train -q --data "$D/train.dst" --arch "$arch" --epochs 1 -o "$D/$arch.dsm"
+	done
+}
+
+setup() {
+	T=$BATS_TEST_TMPDIR
+	need ds-quantize
+	need ds-train
+	need ds-clean
+	need mkimages
+}
+
+fmnist() {
+	[ -f "$FM/train-images-idx3-ubyte.gz" ] || skip "dataset-fashion-mnist is not installed"
+}
+
+# Rewrite a model's header with Python: $2 is code run with h (the header)
+# and g (its graph) bound; checksums of changed tensors are dropped.
+edit_model() {
+	"$PY" - "$1" "$2" "$3" <<'PY'
+import json, struct, sys
+src, code, dst = sys.argv[1:4]
+raw = open(src, 'rb').read()
+n = struct.unpack('<Q', raw[:8])[0]
+h = json.loads(raw[8:8 + n])
+data = bytearray(raw[8 + n:])
+meta = h['__metadata__']
+g = json.loads(meta['ds.graph'])
+sums = json.loads(meta.get('ds.checksums', '{}'))
+def set_float(name, i, value):
+    a, b = h[name]['data_offsets']
+    struct.pack_into('<f', data, a + 4 * i, value)
+    sums.pop(name, None)
+exec(code)
+meta['ds.graph'] = json.dumps(g)
+meta['ds.checksums'] = json.dumps(sums)
+head = json.dumps(h).encode()
+head += b' ' * (-len(head) % 8)
+open(dst, 'wb').write(struct.pack('<Q', len(head)) + head + bytes(data))
+PY
+}
+
+ops() {
+	ds-info --format json "$1" | "$PY" -c 'import json,sys; print(" ".join(sorted(o["op"] for o in json.load(sys.stdin)["ops"])))'
+}
+
+size() {
+	stat -c %s "$1"
+}
+
+@test "cnn-small, cnn-bn, resnet-s and mobilenet-s quantize: INT8 all through, small, in agreement" {
+	fmnist
+	for arch in cnn-small cnn-bn resnet-s mobilenet-s; do
+		run --separate-stderr ds-quantize --calib "$D/train.dst" --compare "$D/test.dst" --format json \
+			-o "$T/$arch.q.dsm" "$D/$arch.dsm"
+		[ "$status" -eq 0 ] || { echo "$arch: $stderr"; false; }
+		echo "$stderr" > "$T/r.json"
+		[ "$(json_eval "$T/r.json" "d['figures']['float_nodes']")" = 0 ]
+		[ "$(json_eval "$T/r.json" "d['compare']['items']")" = 500 ]
+		[ "$(json_eval "$T/r.json" "d['compare']['top1_agreement'] >= 0.95")" = True ] ||
+			{ echo "$arch: $(cat "$T/r.json")"; false; }
+		[ "$(json_eval "$T/r.json" "abs(d['compare']['accuracy_float'] - d['compare']['accuracy_int8']) <= 0.03")" = True ]
+		[[ "$(ops "$T/$arch.q.dsm")" != *" conv2d"* && "$(ops "$T/$arch.q.dsm")" != *" linear"* ]]
+		[[ "$(ops "$T/$arch.q.dsm")" != *batchnorm* ]]
+		ratio=$("$PY" -c "print($(size "$T/$arch.q.dsm") / $(size "$D/$arch.dsm"))")
+		echo "$arch: file ratio $ratio"
+		if [ "$arch" = mobilenet-s ]; then
+			# Small layers: scales and biases weigh more (ds-quantize.1, BUGS).
+			"$PY" -c "assert $ratio <= 0.31, $ratio"
+		else
+			"$PY" -c "assert $ratio <= 0.28, $ratio"
+		fi
+	done
+	[[ "$(ops "$T/resnet-s.q.dsm")" == *qadd* && "$(ops "$T/cnn-small.q.dsm")" == *qmax_pool* ]]
+}
+
+@test "the quantized model runs in ds-infer and ds-optimize takes it: a chain" {
+	need ds-infer
+	need ds-optimize
+	ds-quantize -q --calib "$D/train.dst" -o "$T/q.dsm" "$D/resnet-s.dsm"
+	ds-infer --model "$T/q.dsm" "$D/test.dst" --format json > "$T/q.jsonl" 2> "$T/q.json"
+	ds-infer --model "$D/resnet-s.dsm" "$D/test.dst" --format json > "$T/f.jsonl" 2> "$T/f.json"
+	[ "$(json_eval "$T/q.json" "abs(d['top1_accuracy'] - $(json_eval "$T/f.json" "d['top1_accuracy']")) <= 0.03")" = True ]
+	cat "$D/cnn-bn.dsm" | ds-quantize -q --calib "$D/train.dst" -o - | ds-optimize -q -o - |
+		ds-infer -q --model - "$D/test.dst" > "$T/p.jsonl"
+	[ "$(wc -l < "$T/p.jsonl")" = "$(wc -l < "$T/f.jsonl")" ]
+}
+
+@test "history records the run and its figures; labels and preprocess stay" {
+	ds-quantize -q --calib "$D/train.dst" --calib-count 100 -o "$T/q.dsm" "$D/cnn-small.dsm"
+	ds-info --format json "$T/q.dsm" > "$T/i.json"
+	[ "$(json_eval "$T/i.json" "d['history'][-1]['tool']")" = ds-quantize ]
+	[ "$(json_eval "$T/i.json" "d['history'][-1]['figures']['calib_items']")" = 100 ]
+	[ "$(json_eval "$T/i.json" "d['history'][-1]['figures']['mode']")" = static ]
+	[ "$(json_eval "$T/i.json" "len(d['labels'])")" = 10 ]
+}
+
+@test "methods minmax, percentile and entropy; the dynamic mode keeps activations in float" {
+	for m in minmax percentile entropy; do
+		run --separate-stderr ds-quantize --method "$m" --calib "$D/train.dst" --calib-count 200 \
+			--compare "$D/test.dst" --format json -o "$T/$m.dsm" "$D/cnn-bn.dsm"
+		[ "$status" -eq 0 ] || { echo "$m: $stderr"; false; }
+		echo "$stderr" > "$T/$m.json"
+		[ "$(json_eval "$T/$m.json" "d['figures']['method']")" = "$m" ]
+		# Entropy clips harder than the others on these small models.
+		[ "$(json_eval "$T/$m.json" "d['compare']['top1_agreement'] >= (0.75 if '$m' == 'entropy' else 0.95)")" = True ] ||
+			{ cat "$T/$m.json"; false; }
+	done
+	run --separate-stderr ds-quantize --mode dynamic --compare "$D/test.dst" --format json -o "$T/dyn.dsm" "$D/cnn-small.dsm"
+	[ "$status" -eq 0 ]
+	echo "$stderr" > "$T/dyn.json"
+	[ "$(json_eval "$T/dyn.json" "d['compare']['top1_agreement'] >= 0.95")" = True ]
+	[ "$(ops "$T/dyn.dsm")" = "flatten max_pool qconv2d qlinear" ] ||
+		{ ops "$T/dyn.dsm"; false; }
+}
+
+@test "--skip and --skip-first-last keep layers in float" {
+	ds-quantize -q --calib "$D/train.dst" --calib-count 100 --skip 'fc*' -o "$T/s.dsm" "$D/cnn-small.dsm"
+	# ds-optimize's passes run first: the float layers keep their ReLU fused.
+	[ "$(ops "$T/s.dsm")" = "dequantize flatten linear qconv2d qmax_pool quantize" ] ||
+		{ ops "$T/s.dsm"; false; }
+	ds-quantize -q --calib "$D/train.dst" --calib-count 100 --skip-first-last -o "$T/f.dsm" "$D/cnn-small.dsm"
+	[ "$(ops "$T/f.dsm")" = "conv2d flatten linear max_pool qconv2d qlinear qmax_pool quantize" ] ||
+		{ ops "$T/f.dsm"; false; }
+}
+
+@test "--dry-run prints the table per tensor and writes nothing" {
+	run --separate-stderr ds-quantize --dry-run --calib "$D/train.dst" --calib-count 64 --format json "$D/cnn-bn.dsm"
+	[ "$status" -eq 0 ]
+	echo "$output" > "$T/d.json"
+	[ "$(json_eval "$T/d.json" "[t['dtype_after'] for t in d['tensors'] if t['tensor'] == 'fc1.weight'][0]")" = I8 ]
+	[ "$(json_eval "$T/d.json" "[t['bytes_after'] * 4 == t['bytes_before'] for t in d['tensors'] if t['tensor'] == 'fc1.weight'][0]")" = True ]
+	[ "$(json_eval "$T/d.json" "[t['dtype_after'] for t in d['tensors'] if t['tensor'] == 'bn1.running_mean'][0]")" = - ]
+	[ "$(json_eval "$T/d.json" "[l['note'] for l in d['layers'] if l['node'] == 'conv1'][0]")" = "relu fused, U8 out" ]
+	[ "$(json_eval "$T/d.json" "len(d['activations']) > 3")" = True ]
+	[ -z "$(ls -A "$T" | grep -v -e '^d.json$' -e '^separate-stderr')" ] || { ls -A "$T"; false; }
+	run -0 ds-quantize --dry-run --calib "$D/train.dst" --calib-count 64 "$D/cnn-bn.dsm"
+	[[ "$output" == *"dtype_after"* ]]
+}
+
+@test "a model output is refused on a terminal" {
+	command -v script >/dev/null || skip "script(1) is not installed"
+	run script -qec "ds-quantize --calib $D/train.dst -o - $D/cnn-small.dsm" /dev/null
+	[ "$status" -eq 2 ]
+}
+
+@test "calibration data of the wrong shape: status 3 naming both shapes, nothing written" {
+	mkimages idx "$T/idx" 16
+	ds-clean -q "$T/idx/t-images-idx3-ubyte" --size 16x16 -o "$T/small.dst" --report /dev/null
+	run -3 --separate-stderr ds-quantize --calib "$T/small.dst" -o "$T/x.dsm" "$D/cnn-small.dsm"
+	[[ "$stderr" == *"small.dst: frame 0"*"[-1, 16, 16, 1]"*"[1, 1, 28, 28]"* ]] || { echo "$stderr"; false; }
+	run -3 --separate-stderr ds-quantize --calib "$D/train.dst" --compare "$T/small.dst" -o "$T/x.dsm" "$D/cnn-small.dsm"
+	[ ! -e "$T/x.dsm" ]
+	[ -z "$(ls -A "$T" | grep '^\.')" ]
+}
+
+@test "NaN or infinite weights, a quantized model, garbage: status 3, nothing written" {
+	edit_model "$D/cnn-bn.dsm" "set_float('conv2.weight', 7, float('nan'))" "$T/nan.dsm"
+	run -3 --separate-stderr ds-quantize --calib "$D/train.dst" -o "$T/x.dsm" "$T/nan.dsm"
+	[[ "$stderr" == *"conv2.weight"*NaN* ]]
+	edit_model "$D/cnn-bn.dsm" "set_float('fc1.bias', 0, float('inf'))" "$T/inf.dsm"
+	run -3 --separate-stderr ds-quantize --mode dynamic -o "$T/x.dsm" "$T/inf.dsm"
+	[[ "$stderr" == *"fc1.bias"*infinite* ]]
+	ds-quantize -q --mode dynamic -o "$T/q.dsm" "$D/cnn-small.dsm"
+	run -3 --separate-stderr ds-quantize --mode dynamic -o "$T/x.dsm" "$T/q.dsm"
+	[[ "$stderr" == *"already quantized"* ]]
+	printf 'garbage' > "$T/bad.dsm"
+	run -3 ds-quantize --mode dynamic -o "$T/x.dsm" "$T/bad.dsm"
+	run -5 ds-quantize --mode dynamic -o "$T/x.dsm" "$T/missing.dsm"
+	[ ! -e "$T/x.dsm" ]
+}
+
+@test "usage errors are status 2" {
+	run -2 ds-quantize -o "$T/x.dsm" "$D/cnn-small.dsm"
+	[[ "$output" == *"--calib"* ]]
+	run -2 ds-quantize --method median --calib "$D/train.dst" -o "$T/x.dsm" "$D/cnn-small.dsm"
+	run -2 ds-quantize --mode float --calib "$D/train.dst" -o "$T/x.dsm" "$D/cnn-small.dsm"
+	run -2 ds-quantize --calib "$D/train.dst" "$D/cnn-small.dsm"
+	run -2 ds-quantize --percentile 10 --calib "$D/train.dst" -o "$T/x.dsm" "$D/cnn-small.dsm"
+	[ ! -e "$T/x.dsm" ]
+}
+
+@test "an op without an INT8 form stays float between dequantize and quantize" {
+	# A sigmoid after pool1 of cnn-small.
+	edit_model "$D/cnn-small.dsm" "
+i = [k for k, x in enumerate(g['nodes']) if x['name'] == 'conv2'][0]
+g['nodes'][i]['inputs'][0] = 'sig'
+g['nodes'].insert(i, {'op': 'sigmoid', 'name': 'sig', 'inputs': ['pool1'], 'outputs': ['sig']})
+" "$T/odd.dsm"
+	run --separate-stderr ds-quantize --calib "$D/train.dst" --calib-count 64 --dry-run --format json "$T/odd.dsm"
+	[ "$status" -eq 0 ]
+	echo "$output" > "$T/d.json"
+	[ "$(json_eval "$T/d.json" "[l['as'] for l in d['layers'] if l['node'] == 'sig'][0]")" = float ]
+	ds-quantize -q --calib "$D/train.dst" --calib-count 64 -o "$T/q.dsm" "$T/odd.dsm"
+	[[ "$(ops "$T/q.dsm")" == *"dequantize"*"quantize"*"sigmoid"* ]]
+}

@@ -1,0 +1,431 @@
+/* test_quant.c - the INT8 kernels and ops: each packed kernel (portable and,
+ * where the CPU has it, VNNI) equals its plain reference exactly, and each
+ * agrees within one quantization step with the float op run on the
+ * dequantized inputs and quantized after (dequantize -> float op ->
+ * quantize); shapes include odd sizes, groups, depthwise, stride and
+ * padding.  Then the ops run through a plan. */
+#include "config.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ds.h"
+#include "cpu/conv.h"
+#include "cpu/quant.h"
+#include "tap.h"
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static uint32_t next(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (uint32_t)(rng >> 32);
+}
+
+static float uniform(float lo, float hi)
+{
+	return lo + (hi - lo) * (float)(next() >> 8) / 16777216.0f;
+}
+
+static void fill_u8(uint8_t *x, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		x[i] = (uint8_t)next();
+}
+
+static void fill_i8(int8_t *x, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		x[i] = (int8_t)((int)(next() % 255) - 127);
+}
+
+/* Largest difference of two code arrays. */
+static int max_code_diff(const uint8_t *a, const uint8_t *b, int64_t n)
+{
+	int m = 0;
+
+	for (int64_t i = 0; i < n; i++) {
+		int d = abs((int)a[i] - (int)b[i]);
+
+		m = d > m ? d : m;
+	}
+	return m;
+}
+
+static void test_conversion(void)
+{
+	float x[1000], back[1000], s;
+	uint8_t q[1000];
+	int32_t z;
+	double worst = 0;
+
+	for (int i = 0; i < 1000; i++)
+		x[i] = uniform(-3.0f, 5.0f);
+	ds_qparams_choose(-3.0f, 5.0f, &s, &z);
+	ok(fabsf(s - 8.0f / 255) < 1e-6f && z == 96, "scale and zero point cover [-3, 5]: %g %d", s, z);
+	ds_quantize_f32(1000, x, s, z, q);
+	ds_dequantize_u8(1000, q, s, z, back);
+	for (int i = 0; i < 1000; i++)
+		worst = fmax(worst, fabs(back[i] - x[i]));
+	ok(worst <= s / 2 + 1e-6, "quantize then dequantize is within half a step (%g of %g)", worst, s);
+	ds_qparams_choose(0.5f, 2.0f, &s, &z);
+	ok(z == 0, "a positive range still holds 0 exactly");
+	ds_qparams_choose(0.0f, 0.0f, &s, &z);
+	ok(s == 1.0f && z == 0, "an empty range gets scale 1");
+	x[0] = NAN;
+	x[1] = 1e30f;
+	x[2] = -1e30f;
+	ds_quantize_f32(3, x, 0.1f, 10, q);
+	ok(q[0] == 0 && q[1] == 255 && q[2] == 0, "NaN and huge values saturate");
+}
+
+struct qcase {
+	int64_t n, c, h, w, o, k, stride, pad, groups;
+	int act;       /* 0 none, 1 relu, 2 relu6 */
+	int u8;
+};
+
+/* The float path: dequantized x and w through the float kernel, bias,
+ * activation. */
+static void float_conv(const ds_conv2d_dims *d, const uint8_t *xq, const int8_t *wq, const ds_qout *e, float *y)
+{
+	int64_t nx = d->n * d->c * d->h * d->w, per = d->c / d->groups * d->kh * d->kw;
+	float *x = malloc((size_t)nx * sizeof *x), *w = malloc((size_t)(d->o * per) * sizeof *w);
+
+	ds_dequantize_u8(nx, xq, e->x_scale, e->x_zero_point, x);
+	for (int64_t o = 0; o < d->o; o++)
+		for (int64_t i = 0; i < per; i++)
+			w[o * per + i] = e->w_scale[o] * wq[o * per + i];
+	ds_conv2d_forward_ref(d, x, w, e->bias, y);
+	for (int64_t i = 0; i < d->n * d->o * d->oh * d->ow; i++)
+		y[i] = fminf(fmaxf(y[i], e->lo), e->hi);
+	free(x);
+	free(w);
+}
+
+static void test_conv(const struct qcase *q)
+{
+	ds_conv2d_dims d = { .n = q->n, .c = q->c, .h = q->h, .w = q->w, .o = q->o, .kh = q->k, .kw = q->k,
+			     .sh = q->stride, .sw = q->stride, .ph = q->pad, .pw = q->pad, .dh = 1, .dw = 1,
+			     .groups = q->groups };
+	int64_t per, nx, ny, nw;
+	uint8_t *x;
+	int8_t *w;
+	float *ws_scale, *bias, *yf;
+	void *ref, *fast, *ws;
+	ds_qout e = { 0 };
+	int vnni = ds_qgemm_vnni();
+
+	d.oh = (d.h + 2 * d.ph - d.kh) / d.sh + 1;
+	d.ow = (d.w + 2 * d.pw - d.kw) / d.sw + 1;
+	per = d.c / d.groups * d.kh * d.kw;
+	nx = d.n * d.c * d.h * d.w;
+	ny = d.n * d.o * d.oh * d.ow;
+	nw = d.o * per;
+	x = malloc((size_t)nx);
+	w = malloc((size_t)nw);
+	ws_scale = malloc((size_t)d.o * sizeof(float));
+	bias = malloc((size_t)d.o * sizeof(float));
+	yf = malloc((size_t)ny * sizeof(float));
+	ref = malloc((size_t)ny * sizeof(float));
+	fast = malloc((size_t)ny * sizeof(float));
+	ws = malloc(ds_qconv2d_workspace(&d) + 1);
+	fill_u8(x, nx);
+	fill_i8(w, nw);
+	for (int64_t o = 0; o < d.o; o++) {
+		ws_scale[o] = uniform(0.5f, 2.0f) / 127.0f / sqrtf((float)per);
+		bias[o] = uniform(-0.5f, 0.5f);
+	}
+	e.x_scale = 0.02f;
+	e.x_zero_point = (int32_t)(next() % 256);
+	e.w_scale = ws_scale;
+	e.bias = bias;
+	e.lo = q->act ? 0.0f : -INFINITY;
+	e.hi = q->act == 2 ? 6.0f : INFINITY;
+	e.u8 = q->u8;
+	e.y_scale = q->act ? 0.01f : 0.02f;
+	e.y_zero_point = q->act ? 0 : 128;
+	ds_qconv2d_forward_ref(&d, x, w, &e, ref);
+	float_conv(&d, x, w, &e, yf);
+	for (int pass = 0; pass < 1 + vnni; pass++) {
+		ds_qgemm_force(pass);
+		memset(fast, 0xab, (size_t)ny * sizeof(float));
+		ds_qconv2d_forward(&d, x, w, &e, fast, ws);
+		ok(!memcmp(ref, fast, (size_t)ny * (q->u8 ? 1 : sizeof(float))),
+		   "qconv2d %s n%lld c%lld %lldx%lld o%lld k%lld s%lld p%lld g%lld act%d %s equals the reference",
+		   pass ? "vnni" : "portable", (long long)d.n, (long long)d.c, (long long)d.h, (long long)d.w,
+		   (long long)d.o, (long long)d.kh, (long long)d.sh, (long long)d.ph, (long long)d.groups, q->act,
+		   q->u8 ? "u8" : "f32");
+	}
+	ds_qgemm_force(-1);
+	if (q->u8) {
+		uint8_t *yq = malloc((size_t)ny);
+
+		ds_quantize_f32(ny, yf, e.y_scale, e.y_zero_point, yq);
+		ok(max_code_diff(yq, ref, ny) <= 1, "qconv2d within one step of dequantize -> conv2d -> quantize (%d)",
+		   max_code_diff(yq, ref, ny));
+		free(yq);
+	} else {
+		double worst = 0;
+
+		for (int64_t i = 0; i < ny; i++)
+			worst = fmax(worst, fabs(((float *)ref)[i] - yf[i]) / (1 + fabs(yf[i])));
+		ok(worst < 1e-5, "qconv2d F32 output matches the float conv (%g)", worst);
+	}
+	free(x);
+	free(w);
+	free(ws_scale);
+	free(bias);
+	free(yf);
+	free(ref);
+	free(fast);
+	free(ws);
+}
+
+static void test_linear(int64_t m, int64_t in, int64_t out, int act, int u8)
+{
+	uint8_t *x = malloc((size_t)(m * in));
+	int8_t *w = malloc((size_t)(out * in));
+	float *scale = malloc((size_t)out * sizeof(float)), *bias = malloc((size_t)out * sizeof(float));
+	float *xf = malloc((size_t)(m * in) * sizeof(float)), *wf = malloc((size_t)(out * in) * sizeof(float));
+	float *yf = malloc((size_t)(m * out) * sizeof(float));
+	void *ref = malloc((size_t)(m * out) * sizeof(float)), *fast = malloc((size_t)(m * out) * sizeof(float));
+	void *ws = malloc(ds_qlinear_workspace(m, in, out));
+	ds_qout e = { .x_scale = 0.05f, .x_zero_point = 3, .w_scale = scale, .bias = bias, .lo = act ? 0 : -INFINITY,
+		      .hi = act == 2 ? 6.0f : INFINITY, .u8 = u8, .y_scale = 0.03f, .y_zero_point = act ? 0 : 100 };
+	int vnni = ds_qgemm_vnni();
+
+	fill_u8(x, m * in);
+	fill_i8(w, out * in);
+	for (int64_t o = 0; o < out; o++) {
+		scale[o] = uniform(0.5f, 2.0f) / 127.0f / sqrtf((float)in);
+		bias[o] = uniform(-1, 1);
+	}
+	ds_qlinear_forward_ref(m, in, out, x, w, &e, ref);
+	for (int pass = 0; pass < 1 + vnni; pass++) {
+		ds_qgemm_force(pass);
+		ds_qlinear_forward(m, in, out, x, w, &e, fast, ws);
+		ok(!memcmp(ref, fast, (size_t)(m * out) * (u8 ? 1 : sizeof(float))),
+		   "qlinear %s %lldx%lld -> %lld act%d %s equals the reference", pass ? "vnni" : "portable",
+		   (long long)m, (long long)in, (long long)out, act, u8 ? "u8" : "f32");
+	}
+	ds_qgemm_force(-1);
+	ds_dequantize_u8(m * in, x, e.x_scale, e.x_zero_point, xf);
+	for (int64_t o = 0; o < out; o++)
+		for (int64_t k = 0; k < in; k++)
+			wf[o * in + k] = scale[o] * w[o * in + k];
+	ds_linear_forward(m, in, out, xf, wf, bias, yf);
+	for (int64_t i = 0; i < m * out; i++)
+		yf[i] = fminf(fmaxf(yf[i], e.lo), e.hi);
+	if (u8) {
+		uint8_t *yq = malloc((size_t)(m * out));
+
+		ds_quantize_f32(m * out, yf, e.y_scale, e.y_zero_point, yq);
+		ok(max_code_diff(yq, ref, m * out) <= 1, "qlinear within one step of the float path (%d)",
+		   max_code_diff(yq, ref, m * out));
+		free(yq);
+	} else {
+		double worst = 0;
+
+		for (int64_t i = 0; i < m * out; i++)
+			worst = fmax(worst, fabs(((float *)ref)[i] - yf[i]) / (1 + fabs(yf[i])));
+		ok(worst < 1e-4, "qlinear F32 output matches the float linear (%g)", worst);
+	}
+	free(x);
+	free(w);
+	free(scale);
+	free(bias);
+	free(xf);
+	free(wf);
+	free(yf);
+	free(ref);
+	free(fast);
+	free(ws);
+}
+
+static void test_pool_add(void)
+{
+	ds_pool_dims d = { .n = 2, .c = 3, .h = 7, .w = 6, .kh = 3, .kw = 2, .sh = 2, .sw = 2, .ph = 1, .pw = 1 };
+	int64_t nx = 2 * 3 * 7 * 6, ny;
+	uint8_t x[252], b[252], y[252], want[252];
+	float xf[252], bf[252], yf[252];
+	float s = 0.1f;
+	int32_t z = 40;
+
+	d.oh = (7 + 2 - 3) / 2 + 1;
+	d.ow = (6 + 2 - 2) / 2 + 1;
+	ny = 2 * 3 * d.oh * d.ow;
+	fill_u8(x, nx);
+	fill_u8(b, nx);
+	ds_qmax_pool_forward(&d, x, y);
+	ds_dequantize_u8(nx, x, s, z, xf);
+	ds_max_pool_forward(&d, xf, yf, NULL);
+	ds_quantize_f32(ny, yf, s, z, want);
+	ok(max_code_diff(y, want, ny) == 0, "qmax_pool equals the float max_pool exactly");
+
+	ds_qglobal_avg_pool_forward(6, 42, x, y);
+	ds_global_avg_pool_forward(6, 42, xf, yf);
+	ds_quantize_f32(6, yf, s, z, want);
+	ok(max_code_diff(y, want, 6) <= 1, "qglobal_avg_pool within one step");
+
+	ds_dequantize_u8(nx, b, 0.05f, 128, bf);
+	for (int64_t i = 0; i < nx; i++)
+		yf[i] = fminf(fmaxf(xf[i] + bf[i], 0.0f), 6.0f);
+	ds_quantize_f32(nx, yf, 6.0f / 255, 0, want);
+	ds_qadd_forward(nx, x, s, z, b, 0.05f, 128, 0.0f, 6.0f, 6.0f / 255, 0, y);
+	ok(max_code_diff(y, want, nx) <= 1, "qadd with relu6 within one step");
+}
+
+/* ------------------------------------------------------------ the ops */
+
+static ds_tensor *tensor(ds_container *c, const char *name, ds_dtype dt, int ndim, const int64_t *shape)
+{
+	ds_tensor *t = ds_tensor_new(dt, ndim, shape, DS_CPU, NULL);
+
+	ds_container_add(c, name, t, NULL);
+	ds_tensor_unref(t);
+	return t;
+}
+
+/* x -> quantize -> qconv2d relu (U8) -> qmax_pool -> flatten -> qlinear
+ * (F32 out) against the same through float ops on dequantized weights; and
+ * a dynamic qlinear reading F32. */
+static void test_plan(void)
+{
+	static const char *qgraph =
+		"{\"inputs\": [{\"name\": \"x\", \"dtype\": \"F32\", \"shape\": [-1, 2, 6, 6]}],"
+		" \"nodes\": ["
+		"  {\"op\": \"quantize\", \"name\": \"q\", \"inputs\": [\"x\"], \"outputs\": [\"xq\"],"
+		"   \"attrs\": {\"scale\": 0.02, \"zero_point\": 128}},"
+		"  {\"op\": \"qconv2d\", \"name\": \"conv\", \"inputs\": [\"xq\", \"cw\", \"cs\", \"cb\"], \"outputs\": [\"c\"],"
+		"   \"attrs\": {\"padding\": 1, \"activation\": \"relu\", \"x_scale\": 0.02, \"x_zero_point\": 128,"
+		"    \"y_scale\": 0.05, \"y_zero_point\": 0}},"
+		"  {\"op\": \"qmax_pool\", \"name\": \"pool\", \"inputs\": [\"c\"], \"outputs\": [\"p\"], \"attrs\": {\"kernel\": 2}},"
+		"  {\"op\": \"flatten\", \"name\": \"flat\", \"inputs\": [\"p\"], \"outputs\": [\"f\"]},"
+		"  {\"op\": \"qlinear\", \"name\": \"fc\", \"inputs\": [\"f\", \"fw\", \"fs\", \"fb\"], \"outputs\": [\"logits\"],"
+		"   \"attrs\": {\"x_scale\": 0.05, \"x_zero_point\": 0}},"
+		"  {\"op\": \"qlinear\", \"name\": \"dyn\", \"inputs\": [\"logits\", \"dw\", \"ds\"], \"outputs\": [\"d\"]}],"
+		" \"outputs\": [\"logits\", \"d\"]}";
+	static const char *fgraph =
+		"{\"inputs\": [{\"name\": \"x\", \"dtype\": \"F32\", \"shape\": [-1, 2, 6, 6]}],"
+		" \"nodes\": ["
+		"  {\"op\": \"conv2d\", \"name\": \"conv\", \"inputs\": [\"x\", \"cwf\", \"cb\"], \"outputs\": [\"c0\"],"
+		"   \"attrs\": {\"padding\": 1}},"
+		"  {\"op\": \"relu\", \"name\": \"r\", \"inputs\": [\"c0\"], \"outputs\": [\"c\"]},"
+		"  {\"op\": \"max_pool\", \"name\": \"pool\", \"inputs\": [\"c\"], \"outputs\": [\"p\"], \"attrs\": {\"kernel\": 2}},"
+		"  {\"op\": \"flatten\", \"name\": \"flat\", \"inputs\": [\"p\"], \"outputs\": [\"f\"]},"
+		"  {\"op\": \"linear\", \"name\": \"fc\", \"inputs\": [\"f\", \"fwf\", \"fb\"], \"outputs\": [\"logits\"]},"
+		"  {\"op\": \"linear\", \"name\": \"dyn\", \"inputs\": [\"logits\", \"dwf\"], \"outputs\": [\"d\"]}],"
+		" \"outputs\": [\"logits\", \"d\"]}";
+	int64_t cw[4] = { 4, 2, 3, 3 }, c4[1] = { 4 }, fw[2] = { 5, 36 }, f5[1] = { 5 }, dw[2] = { 3, 5 }, d3[1] = { 3 };
+	ds_container *c = ds_container_new();
+	ds_graph *qg = NULL, *fg = NULL;
+	ds_plan *qp = NULL, *fp = NULL;
+	ds_error err = { 0 };
+	struct { const char *q, *s, *f; int64_t *shape, o, per; } w[3] = {
+		{ "cw", "cs", "cwf", cw, 4, 18 }, { "fw", "fs", "fwf", fw, 5, 36 }, { "dw", "ds", "dwf", dw, 3, 5 }
+	};
+	int rc;
+
+	for (int i = 0; i < 3; i++) {
+		int nd = i ? 2 : 4;
+		ds_tensor *q = tensor(c, w[i].q, DS_I8, nd, w[i].shape), *f = tensor(c, w[i].f, DS_F32, nd, w[i].shape);
+		ds_tensor *s = tensor(c, w[i].s, DS_F32, 1, &w[i].o);
+
+		fill_i8(q->data, w[i].o * w[i].per);
+		for (int64_t o = 0; o < w[i].o; o++) {
+			((float *)s->data)[o] = 0.3f / 127;
+			for (int64_t k = 0; k < w[i].per; k++)
+				((float *)f->data)[o * w[i].per + k] = ((float *)s->data)[o] * ((int8_t *)q->data)[o * w[i].per + k];
+		}
+	}
+	{
+		ds_tensor *b = tensor(c, "cb", DS_F32, 1, c4), *b2 = tensor(c, "fb", DS_F32, 1, f5);
+
+		for (int i = 0; i < 4; i++)
+			((float *)b->data)[i] = 0.1f * (float)i;
+		for (int i = 0; i < 5; i++)
+			((float *)b2->data)[i] = -0.2f * (float)i;
+	}
+	(void)d3;
+	rc = ds_graph_parse(qgraph, c, &qg, &err);
+	ok(!rc, "the quantized graph parses: %s", err.message);
+	if (rc)
+		goto out;
+	is_int(ds_graph_shape(qg, "c")->dtype, DS_U8, "qconv2d with y_scale writes U8");
+	is_int(ds_graph_shape(qg, "logits")->dtype, DS_F32, "qlinear without y_scale writes F32");
+	ok(ds_graph_flops(qg) > 0, "FLOPs are counted");
+	rc = ds_graph_parse(fgraph, c, &fg, &err) || ds_plan_new(qg, c, 8, NULL, DS_CPU, &qp, &err) ||
+	     ds_plan_new(fg, c, 8, NULL, DS_CPU, &fp, &err);
+	ok(!rc, "inference plans accept forward-only ops: %s", err.message);
+	if (rc)
+		goto out;
+	{
+		float *xq = ds_plan_tensor(qp, "x")->data, *xf = ds_plan_tensor(fp, "x")->data;
+		const float *lq, *lf, *dq, *df;
+		double worst = 0, worst_d = 0, range = 0;
+
+		for (int i = 0; i < 8 * 72; i++)
+			xq[i] = xf[i] = uniform(-2.0f, 2.0f);
+		rc = ds_plan_forward(qp, 0, 0, &err) || ds_plan_forward(fp, 0, 0, &err);
+		ok(!rc, "both run: %s", err.message);
+		lq = ds_plan_tensor(qp, "logits")->data;
+		lf = ds_plan_tensor(fp, "logits")->data;
+		dq = ds_plan_tensor(qp, "d")->data;
+		df = ds_plan_tensor(fp, "d")->data;
+		for (int i = 0; i < 8 * 5; i++) {
+			worst = fmax(worst, fabs(lq[i] - lf[i]));
+			range = fmax(range, fabs(lf[i]));
+		}
+		for (int i = 0; i < 8 * 3; i++)
+			worst_d = fmax(worst_d, fabs(dq[i] - df[i]));
+		ok(worst < 0.05 * range + 0.05, "INT8 chain tracks the float chain (%g of %g)", worst, range);
+		ok(worst_d < 0.05 * range + 0.05, "dynamic qlinear tracks the float linear (%g)", worst_d);
+	}
+	{
+		static const char *bad =
+			"{\"inputs\": [{\"name\": \"x\", \"dtype\": \"F32\", \"shape\": [-1, 36]}],"
+			" \"nodes\": [{\"op\": \"qlinear\", \"name\": \"fc\", \"inputs\": [\"x\", \"fwf\", \"fs\"],"
+			" \"outputs\": [\"y\"]}], \"outputs\": [\"y\"]}";
+		ds_graph *g = NULL;
+		ds_error e2 = { 0 };
+
+		is_int(ds_graph_parse(bad, c, &g, &e2), DS_ERR_DATA, "F32 weights for qlinear are status 3");
+		ok(strstr(e2.message, "expected I8") != NULL, "naming the dtype: %s", e2.message);
+		ds_graph_free(g);
+	}
+out:
+	ds_plan_free(qp);
+	ds_plan_free(fp);
+	ds_graph_free(qg);
+	ds_graph_free(fg);
+	ds_container_free(c);
+}
+
+int main(void)
+{
+	static const struct qcase cases[] = {
+		{ 2, 3, 9, 7, 5, 3, 1, 1, 1, 1, 1 },
+		{ 3, 8, 10, 10, 13, 3, 2, 1, 1, 0, 1 },
+		{ 1, 16, 5, 5, 7, 1, 1, 0, 1, 2, 1 },
+		{ 2, 6, 8, 9, 6, 3, 1, 1, 6, 2, 1 },    /* depthwise */
+		{ 2, 8, 6, 6, 12, 3, 2, 1, 4, 1, 1 },   /* grouped */
+		{ 1, 3, 11, 4, 33, 5, 1, 2, 1, 0, 0 },  /* F32 out */
+		{ 4, 1, 28, 28, 32, 3, 1, 1, 1, 1, 1 },
+	};
+
+	diag("micro-kernel: %s", ds_qgemm_vnni() ? "AVX-512 VNNI" : "portable");
+	test_conversion();
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+		test_conv(&cases[i]);
+	test_linear(5, 37, 11, 1, 1);
+	test_linear(70, 130, 64, 0, 1);
+	test_linear(33, 3136, 128, 1, 1);
+	test_linear(3, 9, 10, 0, 0);
+	test_pool_add();
+	test_plan();
+	return done_testing();
+}
