@@ -46,3 +46,11 @@ replay_dir() {
 	head -c 300 "$corpus/image/jpeg" > "$corpus/image/jpeg-cut"
 	replay_dir image "$corpus/image" "$DS_SRCDIR/tests/fuzz/regressions/image"
 }
+
+@test "the preprocess target survives the seed specs and broken ones" {
+	printf '{"kind":"image","width":1e30}' > "$corpus/huge.json"
+	printf '{"kind":"text","max_tokens":-1,"tokenizer":{"kind":"bytes"}}' > "$corpus/neg.json"
+	printf '{"kind":"image","mean":[1,2,3,4,5,6],"std":[1e-40]}' > "$corpus/odd.json"
+	printf '[]' > "$corpus/array.json"
+	replay_dir preprocess "$corpus" "$DS_SRCDIR/tests/fuzz/preprocess" "$DS_SRCDIR/tests/fuzz/regressions/preprocess"
+}
