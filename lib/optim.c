@@ -29,6 +29,12 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* Below this many elements the threads cost more than they save. */
 #define PARALLEL_MIN 32768
@@ -221,11 +227,72 @@ static inline void adamw_elem(float *w, const float *g, float *m, float *v, int6
 	v[e] = vi;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_ADAMW_AVX512 1
+
+/* GCC 12 at -O2 leaves adamw_elem scalar (sqrtf keeps errno), and the dense
+ * update of every parameter was 6% of a training step of the reference CNN.
+ * The same operations in the same order as adamw_elem, 16 at a time, and
+ * not fused into FMAs, so that a step is bit for bit the scalar one (the
+ * sparse-row update must match the dense one); the tail is left to the
+ * caller. */
+static __attribute__((target("avx512f"), optimize("fp-contract=off"))) int64_t adamw_avx512(float *w, const float *g, float *m,
+								float *v, int64_t n,
+								const struct adamw_step *s)
+{
+	const __m512 decay = _mm512_set1_ps(s->decay), omb1 = _mm512_set1_ps(s->one_minus_b1);
+	const __m512 b2 = _mm512_set1_ps(s->b2), omb2 = _mm512_set1_ps(s->one_minus_b2);
+	const __m512 step = _mm512_set1_ps(-s->step_size), bc2 = _mm512_set1_ps(s->bc2_sqrt);
+	const __m512 eps = _mm512_set1_ps(s->eps);
+	int64_t e = 0;
+
+	for (; e + 16 <= n; e += 16) {
+		__m512 gi = _mm512_loadu_ps(g + e), mi = _mm512_loadu_ps(m + e), vi = _mm512_loadu_ps(v + e);
+		__m512 wi = _mm512_mul_ps(_mm512_loadu_ps(w + e), decay), denom;
+
+		mi = _mm512_add_ps(mi, _mm512_mul_ps(omb1, _mm512_sub_ps(gi, mi)));
+		vi = _mm512_add_ps(_mm512_mul_ps(vi, b2), _mm512_mul_ps(omb2, _mm512_mul_ps(gi, gi)));
+		denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), bc2), eps);
+		wi = _mm512_add_ps(wi, _mm512_mul_ps(step, _mm512_div_ps(mi, denom)));
+		_mm512_storeu_ps(w + e, wi);
+		_mm512_storeu_ps(m + e, mi);
+		_mm512_storeu_ps(v + e, vi);
+	}
+	return e;
+}
+#endif
+
+static void adamw_range(float *w, const float *g, float *m, float *v, int64_t e0, int64_t e1,
+			const struct adamw_step *s)
+{
+	int64_t e = e0;
+
+#ifdef HAVE_ADAMW_AVX512
+	if (__builtin_cpu_supports("avx512f"))
+		e += adamw_avx512(w + e0, g + e0, m + e0, v + e0, e1 - e0, s);
+#endif
+	for (; e < e1; e++)
+		adamw_elem(w, g, m, v, e, s);
+}
+
+/* Threads take whole 64-byte lines, so none shares one it writes. */
 static void adamw_update(float *w, const float *g, float *m, float *v, int64_t n, const struct adamw_step *s)
 {
-#pragma omp parallel for if (n > PARALLEL_MIN)
-	for (int64_t e = 0; e < n; e++)
-		adamw_elem(w, g, m, v, e, s);
+#pragma omp parallel if (n > PARALLEL_MIN)
+	{
+		int64_t t = 0, nt = 1, lines = (n + 15) / 16;
+
+#ifdef _OPENMP
+		t = omp_get_thread_num();
+		nt = omp_get_num_threads();
+#endif
+		int64_t e0 = lines * t / nt * 16, e1 = lines * (t + 1) / nt * 16;
+
+		if (e1 > n)
+			e1 = n;
+		if (e0 < e1)
+			adamw_range(w, g, m, v, e0, e1, s);
+	}
 }
 
 static void adamw_rows(float *w, const float *g, float *m, float *v, const ds_grad_rows *r,

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "cpu/conv.h"
 
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -34,6 +35,13 @@ static int64_t min64(int64_t a, int64_t b)
 static int64_t max64(int64_t a, int64_t b)
 {
 	return a > b ? a : b;
+}
+
+/* Floats of one output plane: the pooled grid when a 2x2 max-pool is
+ * fused. */
+static int64_t out_plane(const ds_conv2d_dims *d)
+{
+	return d->pool ? (d->oh / 2) * (d->ow / 2) : d->oh * d->ow;
 }
 
 static int thread_id(void)
@@ -117,8 +125,12 @@ size_t ds_conv2d_workspace_chunk(const ds_conv2d_dims *d, int64_t chunk)
 	return (size_t)(ds_kernel_threads() * slice_floats(d, chunk));
 }
 
+static size_t pooled_workspace(const ds_conv2d_dims *d);
+
 size_t ds_conv2d_workspace(const ds_conv2d_dims *d)
 {
+	if (d->pool && !direct_fits(d))
+		return pooled_workspace(d);
 	switch (ds_conv2d_kind_of(d)) {
 	case DS_CONV2D_IM2COL:
 		if (direct_fits(d))
@@ -133,10 +145,46 @@ size_t ds_conv2d_workspace(const ds_conv2d_dims *d)
 	return 0;
 }
 
+#ifdef HAVE_DIRECT_AVX512
+/* One row of columns at stride 1: dst[ox] = row[ox + offx] for ox in [lo, hi),
+ * 0 elsewhere and everywhere when row is NULL.  The rows are short (14 or 28
+ * floats in the zoo), and three libc calls a row (memset, memcpy, memset)
+ * cost more than the copy: im2col and those calls were 15% of a training
+ * step of the reference CNN. */
+static __attribute__((target("avx512f"))) void im2col_row_avx512(const float *row, int64_t offx,
+								  int64_t lo, int64_t hi, int64_t ow,
+								  float *dst)
+{
+	for (int64_t ox = 0; ox < ow; ox += 16) {
+		int64_t nl = min64(16, ow - ox), a = max64(lo - ox, 0), b = min64(hi - ox, nl);
+		__mmask16 m = (__mmask16)((1u << nl) - 1);
+		__m512 v = _mm512_setzero_ps();
+
+		if (row && a < b) {
+			/* Load from the first valid input only, then move the lanes
+			 * up to a, so no address before the row is formed. */
+			__mmask16 run = (__mmask16)((1u << (b - a)) - 1);
+
+			if (a == 0)
+				v = _mm512_maskz_loadu_ps(run, row + ox + offx);
+			else
+				v = _mm512_maskz_expand_ps((__mmask16)(run << a),
+							   _mm512_maskz_loadu_ps(run, row + ox + a + offx));
+		}
+		_mm512_mask_storeu_ps(dst + ox, m, v);
+	}
+}
+#endif
+
+static int direct_cpu_ok(void);
+
 /* Columns of bc images: row (ch, ki, kj), column (image, oy, ox), ld floats
  * apart; rows are in channel order, so group g's rows are contiguous. */
 static void im2col(const ds_conv2d_dims *d, const float *x, int64_t bc, float *col, int64_t ld)
 {
+#ifdef HAVE_DIRECT_AVX512
+	const int fast = d->sw == 1 && direct_cpu_ok();
+#endif
 	const int64_t plane = d->h * d->w, p = d->oh * d->ow;
 
 	for (int64_t ic = 0; ic < bc * d->c; ic++) {
@@ -153,6 +201,13 @@ static void im2col(const ds_conv2d_dims *d, const float *x, int64_t bc, float *c
 					int64_t iy = oy * d->sh - d->ph + ki * d->dh;
 					const float *row;
 
+#ifdef HAVE_DIRECT_AVX512
+					if (fast) {
+						row = iy < 0 || iy >= d->h ? NULL : xin + iy * d->w;
+						im2col_row_avx512(row, offx, lo, hi, d->ow, dst);
+						continue;
+					}
+#endif
 					if (iy < 0 || iy >= d->h || lo >= hi) {
 						memset(dst, 0, (size_t)d->ow * sizeof *dst);
 						continue;
@@ -193,10 +248,11 @@ static void col2im_add(const ds_conv2d_dims *d, const float *col, int64_t ld, in
 					if (iy < 0 || iy >= d->h)
 						continue;
 					row = gin + iy * d->w + offx + lo * d->sw;
-					if (d->sw == 1)
+					if (d->sw == 1) {
+#pragma omp simd
 						for (int64_t ox = lo; ox < hi; ox++)
 							row[ox - lo] += src[ox];
-					else
+					} else
 						for (int64_t ox = lo; ox < hi; ox++)
 							row[(ox - lo) * d->sw] += src[ox];
 				}
@@ -256,6 +312,62 @@ void ds_conv2d_forward_chunked(const ds_conv2d_dims *d, int64_t chunk, const flo
 	}
 }
 
+#ifdef HAVE_DIRECT_AVX512
+static __attribute__((target("avx512f"))) float plane_sum_avx512(const float *a, int64_t n)
+{
+	__m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+	int64_t q = 0;
+
+	for (; q + 32 <= n; q += 32) {
+		s0 = _mm512_add_ps(s0, _mm512_loadu_ps(a + q));
+		s1 = _mm512_add_ps(s1, _mm512_loadu_ps(a + q + 16));
+	}
+	for (; q < n; q += 16) {
+		__mmask16 m = (__mmask16)(n - q >= 16 ? 0xffff : (1u << (n - q)) - 1);
+
+		s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(m, a + q));
+	}
+	return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+#endif
+
+/* The sum of one output plane for the bias gradient: a single scalar
+ * accumulator waits on the add latency (6% of a training step). */
+static float plane_sum(const float *a, int64_t n)
+{
+	float s[8] = { 0 }, t = 0;
+	int64_t q = 0;
+
+#ifdef HAVE_DIRECT_AVX512
+	if (direct_cpu_ok())
+		return plane_sum_avx512(a, n);
+#endif
+	for (; q + 8 <= n; q += 8)
+		for (int j = 0; j < 8; j++)
+			s[j] += a[q + j];
+	for (; q < n; q++)
+		t += a[q];
+	for (int j = 0; j < 8; j++)
+		t += s[j];
+	return t;
+}
+
+/* gb += the sums of gy's planes; an orphaned loop, so it splits the
+ * channels over the team it is called in, or runs them all alone. */
+static void bias_grad(const ds_conv2d_dims *d, const float *gy, float *gb)
+{
+	const int64_t p = d->oh * d->ow;
+
+#pragma omp for schedule(static) nowait
+	for (int64_t oc = 0; oc < d->o; oc++) {
+		double s = 0;
+
+		for (int64_t i = 0; i < d->n; i++)
+			s += plane_sum(gy + (i * d->o + oc) * p, p);
+		gb[oc] += (float)s;
+	}
+}
+
 void ds_conv2d_backward_chunked(const ds_conv2d_dims *d, int64_t chunk, const float *x,
 				const float *w, const float *gy, float *gx, float *gw, float *gb,
 				float *ws)
@@ -264,55 +376,45 @@ void ds_conv2d_backward_chunked(const ds_conv2d_dims *d, int64_t chunk, const fl
 	const int64_t og = d->o / d->groups, kg = k / d->groups, slice = slice_floats(d, chunk);
 	const int64_t gw_at = chunk * (k + d->o) * p;
 
-	if (gb) {
-#pragma omp parallel for schedule(static)
-		for (int64_t oc = 0; oc < d->o; oc++) {
-			double s = 0;
-
-			for (int64_t i = 0; i < d->n; i++) {
-				const float *src = gy + (i * d->o + oc) * p;
-				float part = 0;
-
-				for (int64_t q = 0; q < p; q++)
-					part += src[q];
-				s += part;
-			}
-			gb[oc] += (float)s;
+	if (!gx && !gw) {
+		if (gb) {
+#pragma omp parallel num_threads(ds_kernel_threads())
+			bias_grad(d, gy, gb);
 		}
-	}
-	if (!gx && !gw)
 		return;
+	}
+	/* One team for the bias and the rest: each fork and join is a wait
+	 * for the slowest thread, long where the cores are shared. */
 #pragma omp parallel num_threads(ds_kernel_threads())
 	{
 		int t = thread_id(), nt = thread_count();
 		int64_t i0 = d->n * t / nt, i1 = d->n * (t + 1) / nt;
-		float *col = ws + t * slice, *gt = col + k * chunk * p, *gwp = ws + t * slice + gw_at;
+		float *col = ws + t * slice, *gwp = ws + t * slice + gw_at;
 
+		if (gb)
+			bias_grad(d, gy, gb);
 		if (gw)
 			memset(gwp, 0, (size_t)(d->o * kg) * sizeof *gwp);
 		for (int64_t b0 = i0; b0 < i1; b0 += chunk) {
 			int64_t bc = min64(chunk, i1 - b0), cols = bc * p;
-			const float *g_o = gy + b0 * d->o * p;
 
-			/* [image, o, pixel] to [o, image, pixel]; one image is already so. */
-			if (bc > 1) {
-				for (int64_t i = 0; i < bc; i++)
-					for (int64_t oc = 0; oc < d->o; oc++)
-						memcpy(gt + oc * cols + i * p, gy + (b0 + i) * d->o * p + oc * p,
-						       (size_t)p * sizeof *gt);
-				g_o = gt;
-			}
+			/* One GEMM per image on its [o, pixel] block of gy and its
+			 * columns of the chunk: no transposed copy of gy (6% of a
+			 * training step of the reference CNN went to it). */
 			if (gw) {
 				im2col(d, x + b0 * in_img, bc, col, cols);
-				for (int64_t g = 0; g < d->groups; g++)
-					ds_gemm_f32(0, 1, og, kg, cols, 1.0f, g_o + g * og * cols, cols,
-						    col + g * kg * cols, cols, 1.0f, gwp + g * og * kg, kg);
+				for (int64_t i = 0; i < bc; i++)
+					for (int64_t g = 0; g < d->groups; g++)
+						ds_gemm_f32(0, 1, og, kg, p, 1.0f, gy + ((b0 + i) * d->o + g * og) * p, p,
+							    col + g * kg * cols + i * p, cols, 1.0f, gwp + g * og * kg, kg);
 			}
 			if (gx) {
 				/* The columns are spent: their buffer takes the column gradient. */
-				for (int64_t g = 0; g < d->groups; g++)
-					ds_gemm_f32(1, 0, kg, cols, og, 1.0f, w + g * og * kg, kg,
-						    g_o + g * og * cols, cols, 0.0f, col + g * kg * cols, cols);
+				for (int64_t i = 0; i < bc; i++)
+					for (int64_t g = 0; g < d->groups; g++)
+						ds_gemm_f32(1, 0, kg, p, og, 1.0f, w + g * og * kg, kg,
+							    gy + ((b0 + i) * d->o + g * og) * p, p, 0.0f,
+							    col + g * kg * cols + i * p, cols);
 				col2im_add(d, col, cols, bc, gx + b0 * in_img);
 			}
 		}
@@ -510,11 +612,19 @@ static void depthwise_backward(const ds_conv2d_dims *d, const float *x, const fl
  * 8 filters read in place.  On the reference CNN's conv2 (32 -> 64, 14 x 14)
  * it runs at about 200 GFLOP/s on one Zen 5 core counting the thrown-away
  * columns, and took a batch of 64 from 8,000 to 15,000 images/s on one
- * thread together with the chunked plan (lib/plan.c). */
+ * thread together with the chunked plan (lib/plan.c).
+ *
+ * A stride-s convolution becomes a stride-1 one over s * s phases of the
+ * padded image (rows py = s * r + a, columns px = s * c + b in phase
+ * (a, b)): tap (ki, kj) reads phase (ki * dh % s, kj * dw % s) shifted by
+ * (ki * dh / s, kj * dw / s), and the grid is a phase's width.  It took
+ * resnet-s's stride-2 convolutions off im2col, a fifth of its batch. */
 
 #define DIRECT_OB 8
 #define DIRECT_NV 3
 #define DIRECT_TAPS_MAX 256
+/* Strides up to this split the padded image into sh * sw phases. */
+#define DIRECT_STRIDE_MAX 4
 /* Floats of one padded image: every block of 8 filters reads all of it
  * again, so it has to stay in the core's L2 (1 MiB on Zen 5); larger
  * images take im2col, whose GEMM blocks for the cache itself. */
@@ -535,13 +645,18 @@ static int direct_cpu_ok(void)
  * taps, and an AVX-512 CPU. */
 static int direct_fits(const ds_conv2d_dims *d)
 {
-	return d->sh == 1 && d->sw == 1 && d->kh * d->kw <= DIRECT_TAPS_MAX && d->oh > 0 &&
-	       d->ow > 0 && d->c * (d->h + 2 * d->ph) * (d->w + 2 * d->pw) <= DIRECT_IMAGE_MAX &&
+	int64_t gh = (d->h + 2 * d->ph + d->sh - 1) / d->sh, gw = (d->w + 2 * d->pw + d->sw - 1) / d->sw;
+
+	return d->sh <= DIRECT_STRIDE_MAX && d->sw <= DIRECT_STRIDE_MAX &&
+	       d->kh * d->kw <= DIRECT_TAPS_MAX && d->oh > 0 && d->ow > 0 &&
+	       d->c * d->sh * d->sw * gh * gw <= DIRECT_IMAGE_MAX &&
 	       ds_conv2d_kind_of(d) == DS_CONV2D_IM2COL && direct_cpu_ok();
 }
 
 struct direct_geom {
-	int64_t hp, wp, plane;       /* padded input plane */
+	int64_t hp, wp;              /* padded input plane */
+	int64_t gh, gw;              /* one phase of it: the output grid's rows */
+	int64_t plane;               /* floats of a channel: sh * sw phases */
 	int64_t pv;                  /* positions computed a channel: whole vectors */
 	int64_t xfloats, ofloats;    /* padded image, padded-grid output */
 	int64_t taps;
@@ -554,16 +669,22 @@ static void direct_geom(const ds_conv2d_dims *d, struct direct_geom *g)
 
 	g->hp = d->h + 2 * d->ph;
 	g->wp = d->w + 2 * d->pw;
-	g->plane = g->hp * g->wp;
-	g->pv = (d->oh * g->wp + 15) / 16 * 16;
+	g->gh = (g->hp + d->sh - 1) / d->sh;
+	g->gw = (g->wp + d->sw - 1) / d->sw;
+	g->plane = d->sh * d->sw * g->gh * g->gw;
+	g->pv = (d->oh * g->gw + 15) / 16 * 16;
 	g->taps = d->kh * d->kw;
 	for (int64_t ki = 0; ki < d->kh; ki++)
 		for (int64_t kj = 0; kj < d->kw; kj++) {
-			g->toff[ki * d->kw + kj] = ki * d->dh * g->wp + kj * d->dw;
+			int64_t iy = ki * d->dh, ix = kj * d->dw;
+			int64_t phase = iy % d->sh * d->sw + ix % d->sw;
+
+			g->toff[ki * d->kw + kj] =
+				phase * g->gh * g->gw + iy / d->sh * g->gw + ix / d->sw;
 			last = max64(last, g->toff[ki * d->kw + kj]);
 		}
 	/* The last channel's vectors read up to pv + last past its start. */
-	g->xfloats = (d->c - 1) * g->plane + g->pv + last + 16;
+	g->xfloats = max64((d->c - 1) * g->plane + g->pv + last + 16, d->c * g->plane);
 	g->ofloats = d->o * g->pv;
 }
 
@@ -575,11 +696,76 @@ static int64_t direct_slice(const ds_conv2d_dims *d)
 	return (g.xfloats + 15) / 16 * 16 + g.ofloats;
 }
 
+/* dst[i] = src[2 * i] for i < n, reading no further than src[2 * n - 2]. */
+#ifdef HAVE_DIRECT_AVX512
+static __attribute__((target("avx512f"))) void every_other(const float *src, int64_t n, float *dst)
+{
+	const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+	int64_t i = 0;
+
+	for (; i + 16 < n; i += 16)
+		_mm512_storeu_ps(dst + i, _mm512_permutex2var_ps(_mm512_loadu_ps(src + 2 * i), even,
+								 _mm512_loadu_ps(src + 2 * i + 16)));
+	for (; i < n; i++)
+		dst[i] = src[2 * i];
+}
+#else
+static void every_other(const float *src, int64_t n, float *dst)
+{
+	for (int64_t i = 0; i < n; i++)
+		dst[i] = src[2 * i];
+}
+#endif
+
+/* Strided: padded row py, column px goes to phase (py % sh, px % sw) at
+ * (py / sh, px / sw), so that every tap reads its phase with stride 1.
+ * Phases no tap reads (most of them for a 1x1 shortcut) are only zeroed. */
+static void direct_pad_phases(const ds_conv2d_dims *d, const struct direct_geom *g, const float *x,
+			      int64_t ch, float *dst)
+{
+	const int64_t gplane = g->gh * g->gw;
+
+	for (int64_t a = 0; a < d->sh; a++)
+		for (int64_t bph = 0; bph < d->sw; bph++) {
+			float *ph = dst + (a * d->sw + bph) * gplane;
+			int64_t off = bph - d->pw, lo, hi, used = 0;
+
+			for (int64_t ki = 0; ki < d->kh; ki++)
+				for (int64_t kj = 0; kj < d->kw; kj++)
+					used |= ki * d->dh % d->sh == a && kj * d->dw % d->sw == bph;
+			if (!used) {
+				memset(ph, 0, (size_t)gplane * sizeof *ph);
+				continue;
+			}
+			valid_range(g->gw, d->w, d->sw, off, &lo, &hi);
+			for (int64_t r = 0; r < g->gh; r++) {
+				int64_t iy = r * d->sh + a - d->ph;
+				float *row = ph + r * g->gw;
+				const float *src;
+
+				if (iy < 0 || iy >= d->h) {
+					memset(row, 0, (size_t)g->gw * sizeof *row);
+					continue;
+				}
+				src = x + (ch * d->h + iy) * d->w + off;
+				memset(row, 0, (size_t)lo * sizeof *row);
+				if (d->sw == 2)
+					every_other(src + 2 * lo, hi - lo, row + lo);
+				else
+					for (int64_t s2 = lo; s2 < hi; s2++)
+						row[s2] = src[s2 * d->sw];
+				memset(row + hi, 0, (size_t)(g->gw - hi) * sizeof *row);
+			}
+		}
+}
+
 /* Channels [c0, c1) of image x into the padded planes of xp. */
 static void direct_pad(const ds_conv2d_dims *d, const struct direct_geom *g, const float *x,
 		       int64_t c0, int64_t c1, float *xp)
 {
-	for (int64_t ch = c0; ch < c1; ch++) {
+	for (int64_t ch = c0; d->sh * d->sw > 1 && ch < c1; ch++)
+		direct_pad_phases(d, g, x, ch, xp + ch * g->plane);
+	for (int64_t ch = d->sh * d->sw > 1 ? c1 : c0; ch < c1; ch++) {
 		const float *src = x + ch * d->h * d->w;
 		float *dst = xp + ch * g->plane;
 
@@ -669,6 +855,37 @@ DIRECT_TILES(2)
 DIRECT_TILES(1)
 #endif
 
+#ifdef HAVE_DIRECT_AVX512
+/* The fused pool after a ReLU: no NaN can be left (the ReLU's max turned
+ * them into 0) and no -0, so plain maxima give max_pool's values without
+ * its NaN checks and index selects: rows first, then column pairs. */
+static __attribute__((target("avx512f"))) void pool_relu_plane(const float *x, int64_t ld, int64_t oh,
+							       int64_t ow, float *y)
+{
+	const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+	const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+
+	for (int64_t oy = 0; oy < oh; oy++) {
+		const float *r0 = x + 2 * oy * ld, *r1 = r0 + ld;
+
+		for (int64_t ox = 0; ox < ow; ox += 16) {
+			int64_t left = ow - ox < 16 ? ow - ox : 16;
+			__mmask16 mo = (__mmask16)((1u << left) - 1);
+			__mmask16 mlo = (__mmask16)(left >= 8 ? 0xffff : (1u << (2 * left)) - 1);
+			__mmask16 mhi = (__mmask16)(left >= 16 ? 0xffff : left > 8 ? (1u << (2 * left - 16)) - 1 : 0);
+			__m512 lo = _mm512_max_ps(_mm512_maskz_loadu_ps(mlo, r0 + 2 * ox),
+						  _mm512_maskz_loadu_ps(mlo, r1 + 2 * ox));
+			__m512 hi = _mm512_max_ps(_mm512_maskz_loadu_ps(mhi, r0 + 2 * ox + 16),
+						  _mm512_maskz_loadu_ps(mhi, r1 + 2 * ox + 16));
+			__m512 m = _mm512_max_ps(_mm512_permutex2var_ps(lo, even, hi),
+						 _mm512_permutex2var_ps(lo, odd, hi));
+
+			_mm512_mask_storeu_ps(y + oy * ow + ox, mo, m);
+		}
+	}
+}
+#endif
+
 /* Output channels [o0, o0 + ob) of one image, ob <= DIRECT_OB, all in one
  * group: padded-grid rows into op, then bias, ReLU and the copy out. */
 static void direct_block(const ds_conv2d_dims *d, const struct direct_geom *g, const float *xp,
@@ -706,14 +923,26 @@ static void direct_block(const ds_conv2d_dims *d, const struct direct_geom *g, c
 #endif
 	for (int64_t oc = o0; oc < o0 + ob; oc++) {
 		const float *src = op + oc * g->pv;
-		float *dst = y + oc * d->oh * d->ow;
+		float *dst = y + oc * out_plane(d);
 
-		if (g->wp == d->ow) {
+		/* Pooled straight from the padded grid while it is in L1: the
+		 * full-size output never exists. */
+		if (d->pool) {
+#ifdef HAVE_DIRECT_AVX512
+			if (d->relu) {
+				pool_relu_plane(src, g->gw, d->oh / 2, d->ow / 2, dst);
+				continue;
+			}
+#endif
+			ds_max_pool_2x2_plane(src, g->gw, d->oh / 2, d->ow / 2, dst);
+			continue;
+		}
+		if (g->gw == d->ow) {
 			memcpy(dst, src, (size_t)(d->oh * d->ow) * sizeof *dst);
 			continue;
 		}
 		for (int64_t oy = 0; oy < d->oh; oy++)
-			memcpy(dst + oy * d->ow, src + oy * g->wp, (size_t)d->ow * sizeof *dst);
+			memcpy(dst + oy * d->ow, src + oy * g->gw, (size_t)d->ow * sizeof *dst);
 	}
 }
 
@@ -744,7 +973,7 @@ static void direct_forward(const ds_conv2d_dims *d, const float *x, const float 
 			   float *y, float *ws)
 {
 	struct direct_geom g;
-	const int64_t in_img = d->c * d->h * d->w, out_img = d->o * d->oh * d->ow;
+	const int64_t in_img = d->c * d->h * d->w, out_img = d->o * out_plane(d);
 	const int64_t slice = direct_slice(d), blocks = direct_blocks(d);
 	int threads = ds_kernel_threads();
 
@@ -787,11 +1016,61 @@ static void direct_forward(const ds_conv2d_dims *d, const float *x, const float 
 	}
 }
 
+/* ------------------------------------------------- fused pool, other kernels
+ *
+ * Kernels that cannot pool their own output write a group of images at
+ * full size behind their workspace and pool that: a group is what the
+ * threads work on at once, so the buffer does not grow with the batch. */
+
+static int64_t pool_group(const ds_conv2d_dims *d)
+{
+	return ds_kernel_threads() * ds_conv2d_chunk(d);
+}
+
+static size_t pooled_inner(const ds_conv2d_dims *d)
+{
+	ds_conv2d_dims e = *d;
+
+	e.pool = 0;
+	return (ds_conv2d_workspace(&e) + 15) / 16 * 16;
+}
+
+static size_t pooled_workspace(const ds_conv2d_dims *d)
+{
+	return pooled_inner(d) + (size_t)(pool_group(d) * d->o * d->oh * d->ow);
+}
+
+static void pooled_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
+			   float *y, float *ws)
+{
+	const int64_t group = pool_group(d), full = d->oh * d->ow, part = out_plane(d);
+	const int64_t in_img = d->c * d->h * d->w;
+	float *tmp = ws + pooled_inner(d);
+	ds_conv2d_dims e = *d;
+
+	e.pool = 0;
+	for (int64_t i0 = 0; i0 < d->n; i0 += group) {
+		int64_t planes;
+
+		e.n = min64(group, d->n - i0);
+		planes = e.n * d->o;
+		ds_conv2d_forward(&e, x + i0 * in_img, w, b, tmp, ws);
+#pragma omp parallel for schedule(static) num_threads(ds_kernel_threads()) if (planes * full >= ((int64_t)1 << 15))
+		for (int64_t pc = 0; pc < planes; pc++)
+			ds_max_pool_2x2_plane(tmp + pc * full, d->ow, d->oh / 2, d->ow / 2,
+					      y + (i0 * d->o + pc) * part);
+	}
+}
+
 void ds_conv2d_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
 		       float *y, float *ws)
 {
 	int64_t n = d->n * d->o * d->oh * d->ow;
 
+	if (d->pool && !direct_fits(d)) {
+		pooled_forward(d, x, w, b, y, ws);
+		return;
+	}
 	switch (ds_conv2d_kind_of(d)) {
 	case DS_CONV2D_DEPTHWISE:
 		depthwise_forward(d, x, w, b, y);
@@ -832,11 +1111,40 @@ void ds_conv2d_backward(const ds_conv2d_dims *d, const float *x, const float *w,
 	}
 }
 
+static float ref_pooled(const ds_conv2d_dims *d, const float *full, int64_t plane, int64_t oy,
+			int64_t ox)
+{
+	const float *r0 = full + plane * d->oh * d->ow + 2 * oy * d->ow + 2 * ox, *r1 = r0 + d->ow;
+	float v[4] = { r0[0], r0[1], r1[0], r1[1] }, best = v[0];
+
+	/* The first maximum wins and NaN propagates, as in max_pool. */
+	for (int k = 1; k < 4; k++)
+		if (best == best && (v[k] > best || v[k] != v[k]))
+			best = v[k];
+	return best;
+}
+
 void ds_conv2d_forward_ref(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
 			   float *y)
 {
 	const int64_t cg = d->c / d->groups, og = d->o / d->groups;
 
+	if (d->pool) {
+		ds_conv2d_dims e = *d;
+		float *full = malloc((size_t)(d->n * d->o * d->oh * d->ow) * sizeof *full);
+
+		if (!full)
+			return;
+		e.pool = 0;
+		ds_conv2d_forward_ref(&e, x, w, b, full);
+		for (int64_t pc = 0; pc < d->n * d->o; pc++)
+			for (int64_t oy = 0; oy < d->oh / 2; oy++)
+				for (int64_t ox = 0; ox < d->ow / 2; ox++)
+					y[(pc * (d->oh / 2) + oy) * (d->ow / 2) + ox] =
+						ref_pooled(d, full, pc, oy, ox);
+		free(full);
+		return;
+	}
 	for (int64_t i = 0; i < d->n; i++)
 		for (int64_t oc = 0; oc < d->o; oc++)
 			for (int64_t oy = 0; oy < d->oh; oy++)

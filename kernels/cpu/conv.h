@@ -48,6 +48,8 @@ typedef struct ds_conv2d_dims {
 	int64_t sh, sw, ph, pw, dh, dw;
 	int64_t groups;
 	int relu;                    /* forward only: ReLU after the bias */
+	int pool;                    /* forward only: a 2x2, stride-2 max-pool after the
+				      * ReLU; y is then [n, o, oh / 2, ow / 2] */
 } ds_conv2d_dims;
 
 /* Which kernel a convolution takes. */
@@ -95,6 +97,10 @@ typedef struct ds_pool_dims {
  * its input plane (h * w + x), as int32. */
 void ds_max_pool_forward(const ds_pool_dims *d, const float *x, float *y, int32_t *argmax);
 void ds_max_pool_backward(const ds_pool_dims *d, const int32_t *argmax, const float *gy, float *gx);
+/* The 2x2, stride-2 max-pool of one plane whose rows are ld floats apart
+ * (ld >= 2 * ow, 2 * oh rows), into oh x ow packed outputs: the same
+ * selects as ds_max_pool_forward, for kernels that pool their own output. */
+void ds_max_pool_2x2_plane(const float *x, int64_t ld, int64_t oh, int64_t ow, float *y);
 void ds_avg_pool_forward(const ds_pool_dims *d, const float *x, float *y);
 void ds_avg_pool_backward(const ds_pool_dims *d, const float *gy, float *gx);
 /* planes = n * c, each of size elements. */

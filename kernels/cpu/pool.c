@@ -145,6 +145,24 @@ static void max_pool_2x2(const ds_pool_dims *d, const float *x, float *y, int32_
 	}
 }
 
+void ds_max_pool_2x2_plane(const float *x, int64_t ld, int64_t oh, int64_t ow, float *y)
+{
+	const int vec = pool_avx512();
+
+	for (int64_t oy = 0; oy < oh; oy++) {
+		const float *r0 = x + 2 * oy * ld;
+
+#ifdef HAVE_POOL_AVX512
+		if (vec) {
+			max_pool_2x2_row_avx512(r0, r0 + ld, ld, ow, y + oy * ow, NULL, 0);
+			continue;
+		}
+#endif
+		(void)vec;
+		max_pool_2x2_row(r0, r0 + ld, ld, 0, ow, y + oy * ow, NULL, 0);
+	}
+}
+
 void ds_max_pool_forward(const ds_pool_dims *d, const float *x, float *y, int32_t *argmax)
 {
 	const int64_t plane = d->h * d->w, p = d->oh * d->ow;

@@ -7,11 +7,14 @@
 
 #include <inttypes.h>
 
-static const char *const conv2d_attrs[] = { "stride", "padding", "dilation", "groups", "activation", NULL };
+static const char *const conv2d_attrs[] = { "stride", "padding", "dilation", "groups", "activation", "pool", NULL };
+/* "pool": a max-pool fused after the activation (ds-optimize writes it). */
+static const char *const pool_kinds[] = { "none", "max_2x2", NULL };
 
 struct conv_params {
 	int64_t stride[2], pad[2], dil[2], groups;
 	int act;                     /* ds_op_epilogue */
+	int pool;                    /* index in pool_kinds */
 };
 
 static int conv_params(const ds_node *node, struct conv_params *p, ds_error *err)
@@ -22,8 +25,14 @@ static int conv_params(const ds_node *node, struct conv_params *p, ds_error *err
 	    (rc = ds_op_attr_pair(node, "padding", 0, 0, p->pad, err)) ||
 	    (rc = ds_op_attr_pair(node, "dilation", 1, 1, p->dil, err)) ||
 	    (rc = ds_op_attr_int(node, "groups", 1, 1, DS_OP_ATTR_MAX, &p->groups, err)) ||
-	    (rc = ds_op_epilogue(node, &p->act, err)))
+	    (rc = ds_op_epilogue(node, &p->act, err)) ||
+	    (rc = ds_op_attr_choice(node, "pool", pool_kinds, 0, &p->pool, err)))
 		return rc;
+	/* The pool runs after the epilogue inside the kernel, which applies
+	 * only ReLU itself: other activations would come after the pool. */
+	if (p->pool && p->act && p->act != 1 + DS_CPU_RELU)
+		return ds_error_set(err, DS_ERR_DATA, "bad_attr",
+				    "attribute 'pool': takes no activation but relu");
 	return 0;
 }
 
@@ -62,6 +71,14 @@ static int conv2d_infer(const ds_node *node, const ds_shape *in, int n_in, ds_sh
 	    (rc = ds_op_window_out(node, "width", x->dim[3], w->dim[3], p.stride[1], p.pad[1],
 				   p.dil[1], 0, &ow, err)))
 		return rc;
+	if (p.pool) {
+		if (oh < 2 || ow < 2)
+			return ds_error_set(err, DS_ERR_DATA, "shape_mismatch",
+					    "attribute 'pool': output %" PRId64 "x%" PRId64
+					    " is smaller than the 2x2 window", oh, ow);
+		oh /= 2;
+		ow /= 2;
+	}
 	out[0].dtype = x->dtype;
 	out[0].ndim = 4;
 	out[0].dim[0] = x->dim[0];
@@ -71,14 +88,22 @@ static int conv2d_infer(const ds_node *node, const ds_shape *in, int n_in, ds_sh
 	return 0;
 }
 
-/* 2 per multiply-add over the filter window, plus 1 per output for the bias. */
+static int conv_dims(const ds_node *node, const int64_t *x, const int64_t *w, const int64_t *y,
+		     ds_conv2d_dims *d, ds_error *err);
+
+/* 2 per multiply-add over the filter window, plus 1 per output for the
+ * bias; a fused pool adds its 4 compares per pooled output. */
 static int64_t conv2d_flops(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out)
 {
 	int64_t window = ds_op_sat_mul(ds_op_sat_mul(in[1].dim[1], in[1].dim[2]), in[1].dim[3]);
-	int64_t outs = ds_op_numel(&out[0]);
-	int64_t f = ds_op_sat_mul(ds_op_sat_mul(outs, window), 2);
+	int64_t outs = ds_op_numel(&out[0]), pooled = 0, f;
+	ds_conv2d_dims d;
 
-	(void)node;
+	if (!conv_dims(node, in[0].dim, in[1].dim, out[0].dim, &d, NULL) && d.pool) {
+		pooled = ds_op_sat_mul(outs, 4);
+		outs = ds_op_sat_mul(ds_op_sat_mul(d.n, d.o), ds_op_sat_mul(d.oh, d.ow));
+	}
+	f = ds_op_sat_add(ds_op_sat_mul(ds_op_sat_mul(outs, window), 2), pooled);
 	return n_in > 2 ? ds_op_sat_add(f, outs) : f;
 }
 
@@ -87,16 +112,24 @@ static int conv_dims(const ds_node *node, const int64_t *x, const int64_t *w, co
 		     ds_conv2d_dims *d, ds_error *err)
 {
 	struct conv_params p;
+	int64_t oh = y[2], ow = y[3];
 	int rc;
 
 	if ((rc = conv_params(node, &p, err)))
 		return rc;
+	/* y is pooled: the kernel wants the convolution's own grid. */
+	if (p.pool &&
+	    ((rc = ds_op_window_out(node, "height", x[2], w[2], p.stride[0], p.pad[0], p.dil[0], 0, &oh,
+				    err)) ||
+	     (rc = ds_op_window_out(node, "width", x[3], w[3], p.stride[1], p.pad[1], p.dil[1], 0, &ow,
+				    err))))
+		return rc;
 	*d = (ds_conv2d_dims){
 		.n = x[0], .c = x[1], .h = x[2], .w = x[3],
-		.o = w[0], .kh = w[2], .kw = w[3], .oh = y[2], .ow = y[3],
+		.o = w[0], .kh = w[2], .kw = w[3], .oh = oh, .ow = ow,
 		.sh = p.stride[0], .sw = p.stride[1], .ph = p.pad[0], .pw = p.pad[1],
 		.dh = p.dil[0], .dw = p.dil[1], .groups = p.groups,
-		.relu = p.act == 1 + DS_CPU_RELU,
+		.relu = p.act == 1 + DS_CPU_RELU, .pool = p.pool,
 	};
 	return 0;
 }
@@ -131,11 +164,11 @@ static int conv2d_forward_cpu(const ds_op_args *a, ds_error *err)
 /* A fused activation is an inference form (ds-optimize writes it): its
  * gradient would need the output kept, which training plans do not keep
  * for conv2d and linear. */
-static int refuse_fused_backward(const ds_op_args *a, ds_error *err)
+static int refuse_fused_backward(const ds_op_args *a, const char *what, ds_error *err)
 {
 	return ds_error_set(err, DS_ERR_DATA, "inference_only",
-			    "node '%s': a fused activation is for inference; train the model before ds-optimize",
-			    ds_node_name(a->node));
+			    "node '%s': a fused %s is for inference; train the model before ds-optimize",
+			    ds_node_name(a->node), what);
 }
 
 static int conv2d_backward_cpu(const ds_op_args *a, ds_error *err)
@@ -147,7 +180,9 @@ static int conv2d_backward_cpu(const ds_op_args *a, ds_error *err)
 	if ((rc = conv_dims(a->node, a->in[0]->shape, a->in[1]->shape, a->grad_out[0]->shape, &d, err)))
 		return rc;
 	if (d.relu || (ds_node_attrs(a->node) && json_object_get(ds_node_attrs(a->node), "activation")))
-		return refuse_fused_backward(a, err);
+		return refuse_fused_backward(a, "activation", err);
+	if (d.pool)
+		return refuse_fused_backward(a, "pool", err);
 	ds_conv2d_backward(&d, a->in[0]->data, a->in[1]->data, a->grad_out[0]->data,
 			   gx ? gx->data : NULL, gw ? gw->data : NULL, gb ? gb->data : NULL,
 			   a->workspace);

@@ -48,13 +48,14 @@ static double max_err(const float *a, const float *b, int64_t n, double scale)
 	return e;
 }
 
-static void conv_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k,
-		      int64_t stride, int64_t pad, int64_t dil, int64_t groups, int bias, int relu)
+static void conv_pool_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k,
+			   int64_t stride, int64_t pad, int64_t dil, int64_t groups, int bias, int relu,
+			   int pool)
 {
 	ds_conv2d_dims d = {
 		.n = n, .c = c, .h = h, .w = w, .o = o, .kh = k, .kw = k > 1 ? k - (k % 2 == 0) : k,
 		.sh = stride, .sw = stride, .ph = pad, .pw = pad > 0 ? pad - 1 : 0, .dh = dil, .dw = 1,
-		.groups = groups, .relu = relu,
+		.groups = groups, .relu = relu, .pool = pool,
 	};
 	int64_t xn, wn, yn;
 	float *x, *wt, *b, *y, *ref, *ws;
@@ -64,7 +65,7 @@ static void conv_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int
 	d.ow = (w + 2 * d.pw - d.dw * (d.kw - 1) - 1) / d.sw + 1;
 	xn = n * c * h * w;
 	wn = o * (c / groups) * d.kh * d.kw;
-	yn = n * o * d.oh * d.ow;
+	yn = pool ? n * o * (d.oh / 2) * (d.ow / 2) : n * o * d.oh * d.ow;
 	x = randv(xn);
 	wt = randv(wn);
 	b = bias ? randv(o) : NULL;
@@ -74,11 +75,11 @@ static void conv_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int
 	ds_conv2d_forward(&d, x, wt, b, y, ws);
 	ds_conv2d_forward_ref(&d, x, wt, b, ref);
 	snprintf(what, sizeof what,
-		 "conv2d n%lld c%lld %lldx%lld o%lld k%lldx%lld s%lld p%lld,%lld d%lld g%lld%s%s",
+		 "conv2d n%lld c%lld %lldx%lld o%lld k%lldx%lld s%lld p%lld,%lld d%lld g%lld%s%s%s",
 		 (long long)n, (long long)c, (long long)h, (long long)w, (long long)o,
 		 (long long)d.kh, (long long)d.kw, (long long)stride, (long long)d.ph,
 		 (long long)d.pw, (long long)dil, (long long)groups, bias ? " bias" : "",
-		 relu ? " relu" : "");
+		 relu ? " relu" : "", pool ? " pool" : "");
 	ok(max_err(y, ref, yn, sqrt((double)(c / groups * d.kh * d.kw)) + 1) < 1e-5, "%s", what);
 	free(x);
 	free(wt);
@@ -86,6 +87,12 @@ static void conv_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int
 	free(y);
 	free(ref);
 	free(ws);
+}
+
+static void conv_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k,
+		      int64_t stride, int64_t pad, int64_t dil, int64_t groups, int bias, int relu)
+{
+	conv_pool_case(n, c, h, w, o, k, stride, pad, dil, groups, bias, relu, 0);
 }
 
 static void test_conv(void)
@@ -113,6 +120,135 @@ static void test_conv(void)
 	conv_case(1, 40, 33, 33, 24, 3, 1, 1, 1, 1, 1, 0);
 	/* Too large a padded image for the direct kernel: im2col, then ReLU. */
 	conv_case(2, 64, 50, 50, 8, 3, 1, 1, 1, 1, 1, 1);
+	/* Strided, through the phases of the padded image: resnet-s's
+	 * downsampling convolutions and 1x1 shortcuts, odd sizes, dilation,
+	 * groups, stride 4 (the largest split) and 5 (im2col). */
+	conv_case(3, 32, 14, 14, 64, 3, 2, 1, 1, 1, 1, 1);
+	conv_case(1, 16, 28, 28, 32, 3, 2, 1, 1, 1, 1, 0);
+	conv_case(2, 16, 28, 28, 32, 1, 2, 0, 1, 1, 1, 0);
+	conv_case(3, 32, 14, 14, 64, 1, 2, 0, 1, 1, 0, 1);
+	conv_case(2, 5, 13, 11, 9, 3, 2, 2, 2, 1, 1, 1);
+	conv_case(2, 3, 17, 15, 10, 5, 3, 2, 1, 1, 1, 0);
+	conv_case(2, 8, 19, 21, 6, 3, 4, 1, 1, 2, 1, 1);
+	conv_case(1, 4, 23, 23, 5, 3, 5, 1, 1, 1, 1, 1);
+	conv_case(2, 6, 8, 8, 6, 3, 2, 1, 1, 6, 1, 1);
+	conv_pool_case(4, 16, 28, 28, 32, 3, 2, 1, 1, 1, 1, 1, 1);
+	/* A fused 2x2 max-pool: pooled from the direct kernel's padded grid,
+	 * or behind the other kernels (stride 2, pointwise, depthwise, too
+	 * large), odd sizes dropping the last row and column. */
+	conv_pool_case(3, 1, 28, 28, 32, 3, 1, 1, 1, 1, 1, 1, 1);
+	conv_pool_case(5, 32, 14, 14, 64, 3, 1, 1, 1, 1, 1, 1, 1);
+	conv_pool_case(1, 32, 14, 14, 64, 3, 1, 1, 1, 1, 1, 0, 1);
+	conv_pool_case(3, 3, 5, 7, 13, 3, 1, 1, 1, 1, 1, 1, 1);
+	conv_pool_case(2, 16, 28, 28, 32, 3, 2, 1, 1, 1, 0, 1, 1);
+	conv_pool_case(3, 5, 9, 9, 10, 1, 1, 0, 1, 1, 1, 1, 1);
+	conv_pool_case(2, 6, 8, 8, 6, 3, 1, 1, 1, 6, 1, 0, 1);
+	conv_pool_case(2, 64, 50, 50, 8, 3, 1, 1, 1, 1, 1, 1, 1);
+	conv_pool_case(37, 4, 11, 9, 5, 3, 1, 1, 1, 1, 1, 1, 1);
+}
+
+/* The backward pass against the plain loops in double: gx, gw and gb are
+ * added into (each starts from random values), gx may be absent. */
+static void conv_backward_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k,
+			       int64_t stride, int64_t pad, int64_t dil, int64_t groups, int with_gx)
+{
+	ds_conv2d_dims d = {
+		.n = n, .c = c, .h = h, .w = w, .o = o, .kh = k, .kw = k > 1 ? k - (k % 2 == 0) : k,
+		.sh = stride, .sw = stride, .ph = pad, .pw = pad > 0 ? pad - 1 : 0, .dh = dil, .dw = 1,
+		.groups = groups,
+	};
+	int64_t xn, wn, yn, cg = c / groups, og = o / groups;
+	float *x, *wt, *gy, *gx, *gw, *gb, *rx, *rw, *rb, *ws;
+	double *ax, *aw, *ab;
+	char what[200];
+
+	d.oh = (h + 2 * d.ph - d.dh * (d.kh - 1) - 1) / d.sh + 1;
+	d.ow = (w + 2 * d.pw - d.dw * (d.kw - 1) - 1) / d.sw + 1;
+	xn = n * c * h * w;
+	wn = o * cg * d.kh * d.kw;
+	yn = n * o * d.oh * d.ow;
+	x = randv(xn);
+	wt = randv(wn);
+	gy = randv(yn);
+	gx = randv(xn);
+	gw = randv(wn);
+	gb = randv(o);
+	ax = calloc((size_t)xn, sizeof *ax);
+	aw = calloc((size_t)wn, sizeof *aw);
+	ab = calloc((size_t)o, sizeof *ab);
+	for (int64_t i = 0; i < n; i++)
+		for (int64_t oc = 0; oc < o; oc++)
+			for (int64_t oy = 0; oy < d.oh; oy++)
+				for (int64_t ox = 0; ox < d.ow; ox++) {
+					double g = gy[((i * o + oc) * d.oh + oy) * d.ow + ox];
+
+					ab[oc] += g;
+					for (int64_t ch = 0; ch < cg; ch++)
+						for (int64_t ki = 0; ki < d.kh; ki++)
+							for (int64_t kj = 0; kj < d.kw; kj++) {
+								int64_t iy = oy * d.sh - d.ph + ki * d.dh;
+								int64_t ix = ox * d.sw - d.pw + kj * d.dw;
+								int64_t xi = ((i * c + oc / og * cg + ch) * h + iy) * w + ix;
+								int64_t wi = ((oc * cg + ch) * d.kh + ki) * d.kw + kj;
+
+								if (iy < 0 || iy >= h || ix < 0 || ix >= w)
+									continue;
+								aw[wi] += g * x[xi];
+								ax[xi] += g * wt[wi];
+							}
+				}
+	rx = malloc((size_t)xn * sizeof *rx);
+	rw = malloc((size_t)wn * sizeof *rw);
+	rb = malloc((size_t)o * sizeof *rb);
+	for (int64_t e = 0; e < xn; e++)
+		rx[e] = (float)(gx[e] + ax[e]);
+	for (int64_t e = 0; e < wn; e++)
+		rw[e] = (float)(gw[e] + aw[e]);
+	for (int64_t e = 0; e < o; e++)
+		rb[e] = (float)(gb[e] + ab[e]);
+	ws = calloc(ds_conv2d_workspace(&d) + 1, sizeof *ws);
+	ds_conv2d_backward(&d, x, wt, gy, with_gx ? gx : NULL, gw, gb, ws);
+	snprintf(what, sizeof what,
+		 "conv2d backward n%lld c%lld %lldx%lld o%lld k%lldx%lld s%lld p%lld,%lld d%lld g%lld%s",
+		 (long long)n, (long long)c, (long long)h, (long long)w, (long long)o,
+		 (long long)d.kh, (long long)d.kw, (long long)stride, (long long)d.ph,
+		 (long long)d.pw, (long long)dil, (long long)groups, with_gx ? "" : " no gx");
+	ok(max_err(gw, rw, wn, sqrt((double)(n * d.oh * d.ow)) + 1) < 1e-5 &&
+	   max_err(gb, rb, o, sqrt((double)(n * d.oh * d.ow)) + 1) < 1e-5 &&
+	   (!with_gx || max_err(gx, rx, xn, sqrt((double)(og * d.kh * d.kw)) + 1) < 1e-5), "%s", what);
+	free(x);
+	free(wt);
+	free(gy);
+	free(gx);
+	free(gw);
+	free(gb);
+	free(ax);
+	free(aw);
+	free(ab);
+	free(rx);
+	free(rw);
+	free(rb);
+	free(ws);
+}
+
+static void test_conv_backward(void)
+{
+	/* The zoo's shapes (cnn-small's first convolution takes no gx), then
+	 * rows longer than a vector and off it, padding on one side only,
+	 * stride 2, dilation, groups, 1x1 and a batch of one. */
+	conv_backward_case(3, 1, 28, 28, 32, 3, 1, 1, 1, 1, 0);
+	conv_backward_case(5, 32, 14, 14, 64, 3, 1, 1, 1, 1, 1);
+	conv_backward_case(1, 64, 7, 7, 64, 3, 1, 1, 1, 1, 1);
+	conv_backward_case(3, 3, 5, 7, 13, 3, 1, 1, 1, 1, 1);
+	conv_backward_case(2, 5, 9, 37, 7, 5, 1, 2, 1, 1, 1);
+	conv_backward_case(2, 4, 6, 17, 9, 3, 1, 0, 1, 1, 1);
+	conv_backward_case(2, 4, 6, 33, 9, 4, 1, 2, 1, 1, 1);
+	conv_backward_case(2, 16, 28, 28, 32, 3, 2, 1, 1, 1, 1);
+	conv_backward_case(4, 6, 10, 3, 6, 3, 1, 1, 2, 2, 1);
+	conv_backward_case(3, 8, 12, 12, 12, 3, 1, 1, 1, 4, 1);
+	conv_backward_case(3, 5, 9, 9, 10, 1, 1, 0, 1, 1, 1);
+	conv_backward_case(2, 6, 8, 8, 6, 3, 1, 1, 1, 6, 1);
+	conv_backward_case(37, 4, 11, 9, 5, 3, 1, 1, 1, 1, 1);
 }
 
 /* The 2x2 stride-2 pool against the plain window loop, with ties (small
@@ -278,12 +414,15 @@ int main(void)
 	test_relu();
 	test_pool();
 	test_conv();
+	test_conv_backward();
 #ifdef _OPENMP
 	/* Again on one thread: the split and the unsplit paths differ. */
 	omp_set_num_threads(1);
 	test_conv();
+	test_conv_backward();
 	omp_set_num_threads(3);
 	test_conv();
+	test_conv_backward();
 	test_plan_chunks();
 #endif
 	return done_testing();

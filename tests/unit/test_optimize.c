@@ -165,6 +165,56 @@ int main(void)
 		ds_container_free(m[1]);
 	}
 
+	/* A 2x2 max-pool joins the convolution before it when nothing else
+	 * reads the convolution and its activation is ReLU or none; a ceil
+	 * pool and a pool after a sigmoid stay. */
+	{
+		static const char *cnn =
+			"{\"inputs\": [{\"name\": \"x\", \"dtype\": \"F32\", \"shape\": [-1, 2, 9, 10]}],"
+			" \"nodes\": ["
+			"  {\"op\": \"conv2d\", \"name\": \"c1\", \"inputs\": [\"x\", \"w1\", \"b1\"], \"outputs\": [\"h1\"],"
+			"   \"attrs\": {\"padding\": 1}},"
+			"  {\"op\": \"relu\", \"name\": \"r1\", \"inputs\": [\"h1\"], \"outputs\": [\"a1\"]},"
+			"  {\"op\": \"max_pool\", \"name\": \"p1\", \"inputs\": [\"a1\"], \"outputs\": [\"q1\"],"
+			"   \"attrs\": {\"kernel\": 2}},"
+			"  {\"op\": \"conv2d\", \"name\": \"c2\", \"inputs\": [\"q1\", \"w2\"], \"outputs\": [\"h2\"],"
+			"   \"attrs\": {\"padding\": [1, 1]}},"
+			"  {\"op\": \"max_pool\", \"name\": \"p2\", \"inputs\": [\"h2\"], \"outputs\": [\"q2\"],"
+			"   \"attrs\": {\"kernel\": [2, 2], \"stride\": [2, 2], \"padding\": 0, \"ceil_mode\": 0}},"
+			"  {\"op\": \"conv2d\", \"name\": \"c3\", \"inputs\": [\"q2\", \"w3\"], \"outputs\": [\"h3\"],"
+			"   \"attrs\": {\"padding\": 1}},"
+			"  {\"op\": \"sigmoid\", \"name\": \"s3\", \"inputs\": [\"h3\"], \"outputs\": [\"a3\"]},"
+			"  {\"op\": \"max_pool\", \"name\": \"p3\", \"inputs\": [\"a3\"], \"outputs\": [\"q3\"],"
+			"   \"attrs\": {\"kernel\": 2}},"
+			"  {\"op\": \"max_pool\", \"name\": \"p4\", \"inputs\": [\"q3\"], \"outputs\": [\"logits\"],"
+			"   \"attrs\": {\"kernel\": 1, \"ceil_mode\": 1}}],"
+			" \"outputs\": [\"logits\"]}";
+		ds_container *m[2];
+		int64_t w1[4] = { 4, 2, 3, 3 }, b1[1] = { 4 }, w2[4] = { 5, 4, 3, 3 }, w3[4] = { 3, 5, 3, 3 };
+
+		for (int k = 0; k < 2; k++) {
+			rng = 7;
+			m[k] = ds_container_new();
+			add_param(m[k], "w1", 4, w1, -1, 1);
+			add_param(m[k], "b1", 1, b1, -1, 1);
+			add_param(m[k], "w2", 4, w2, -1, 1);
+			add_param(m[k], "w3", 4, w3, -1, 1);
+			ds_container_meta_set(m[k], "ds.graph", cnn, NULL);
+		}
+		o.level = 2;
+		is_int(ds_optimize_model(m[1], &o, &report, &err), 0, "a CNN optimizes: %s", err.message);
+		is_int(pass_rewrites(report, "fuse-pool"), 2, "two pools are fused");
+		is_int(has_node(m[1], NULL, "p1") + has_node(m[1], NULL, "p2"), 0, "after relu and after none");
+		is_int(has_node(m[1], NULL, "p3") + has_node(m[1], NULL, "p4"), 2, "not after sigmoid, nor a 1x1 pool");
+		is_int(ds_model_compare(m[0], m[1], 20, 3, &cmp, &err), 0, "the fused model runs: %s", err.message);
+		ok(json_real_value(json_object_get(cmp, "max_rel_diff")) < 1e-6, "and computes the same (%g)",
+		   json_real_value(json_object_get(cmp, "max_rel_diff")));
+		json_decref(cmp);
+		json_decref(report);
+		ds_container_free(m[0]);
+		ds_container_free(m[1]);
+	}
+
 	/* Levels and switches. */
 	opt = make_model();
 	o.level = 0;
