@@ -142,6 +142,10 @@ static enum role role_of(const struct qctx *q, const ds_node *n, const char **wh
 			*why = "its fused activation has no INT8 form";
 			return R_FLOAT;
 		}
+		if (json_object_get(attrs, "pool")) {
+			*why = "its fused pooling has no INT8 form";
+			return R_FLOAT;
+		}
 		return R_COMPUTE;
 	}
 	if (q->dynamic)
@@ -844,7 +848,8 @@ int ds_quantize_model(ds_container *model, const ds_quantize_options *o, json_t 
 {
 	static const char *const methods[] = { "minmax", "percentile", "entropy" };
 	struct qctx q = { .model = model, .o = o };
-	ds_optimize_options oo = { .target = "cpu", .level = 2, .batch = 64, .cli = o->cli };
+	/* Pooling stays a node of its own: qmax_pool keeps the chain in U8. */
+	ds_optimize_options oo = { .target = "cpu", .level = 2, .disable = "fuse-pool", .batch = 64, .cli = o->cli };
 	json_t *opt_report = NULL, *before = NULL, *newgraph = NULL, *layers = NULL, *acts = NULL, *figures = NULL;
 	const char *method = o->method ? o->method : "percentile", *mode = o->mode ? o->mode : "static", *fmt;
 	char *text = NULL;

@@ -220,3 +220,22 @@ g['nodes'].insert(i, {'op': 'sigmoid', 'name': 'sig', 'inputs': ['pool1'], 'outp
 	ds-quantize -q --calib "$D/train.dst" --calib-count 64 -o "$T/q.dsm" "$T/odd.dsm"
 	[[ "$(ops "$T/q.dsm")" == *"dequantize"*"quantize"*"sigmoid"* ]]
 }
+
+@test "a convolution that ds-optimize fused a pool into stays float; ds-quantize itself keeps pools apart" {
+	need ds-optimize
+	need ds-infer
+	ds-optimize -q -o "$T/o.dsm" "$D/cnn-small.dsm"
+	edit_model "$T/o.dsm" "
+assert any('pool' in x.get('attrs', {}) for x in g['nodes'] if x['op'] == 'conv2d'), 'no fused pool'
+" "$T/check.dsm" || skip "ds-optimize fuses no pool here"
+	run --separate-stderr ds-quantize --calib "$D/train.dst" --calib-count 64 --dry-run --format json "$T/o.dsm"
+	[ "$status" -eq 0 ] || { echo "$stderr"; false; }
+	echo "$output" > "$T/d.json"
+	[ "$(json_eval "$T/d.json" "[l['as'] for l in d['layers'] if l['node'] == 'conv1'][0]")" = float ]
+	ds-quantize -q --calib "$D/train.dst" --calib-count 64 -o "$T/q.dsm" "$T/o.dsm"
+	ds-infer -q --model "$T/q.dsm" "$D/test.dst" > "$T/p.jsonl"
+	[ -s "$T/p.jsonl" ]
+	# From the float model, pooling stays a node of its own: qmax_pool.
+	ds-quantize -q --calib "$D/train.dst" --calib-count 64 -o "$T/q2.dsm" "$D/cnn-small.dsm"
+	[[ "$(ops "$T/q2.dsm")" == *qmax_pool* ]]
+}

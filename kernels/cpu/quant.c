@@ -10,6 +10,16 @@
  * 2 panels (12 accumulators in zmm registers).  Padding of the convolution
  * input takes the input's zero point, and the accumulators are corrected by
  * x_zp * sum_k W[o][k], so that padding contributes exactly 0.
+ *
+ * On VNNI three more forms skip im2col.  A stride-1 convolution reads its
+ * padded input as planes of 4-byte words (4 channels, or for fewer
+ * channels the kw <= 4 taps along a row) laid along the flattened padded
+ * rows, so that 16 neighbouring outputs read 64 contiguous bytes per k4
+ * (the "direct" form; columns that land in the padding are computed and
+ * dropped).  Depthwise filters use the tap words per channel.  Dense layers
+ * are dot products along k, which suits the few rows a batch of 1 or a
+ * plan's chunk brings.  The packed filters stay in the workspace between
+ * calls (struct wcache).
  */
 #include "config.h"
 
@@ -59,11 +69,48 @@ void ds_qparams_choose(float lo, float hi, float *scale, int32_t *zero_point)
 	*zero_point = (int32_t)(z < 0 ? 0 : z > 255 ? 255 : z);
 }
 
+#ifdef DS_HAVE_VNNI_BUILD
+static int has_avx512bw(void)
+{
+	static int has = -1;
+
+	if (has < 0) {
+		__builtin_cpu_init();
+		has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+		      __builtin_cpu_supports("avx512vl");
+	}
+	return has;
+}
+
+/* ds_q8 16 lanes at a time: vmaxps returns its second operand for a NaN,
+ * as the comparison does, and vcvtps2dq rounds half to even. */
+__attribute__((target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) static int64_t
+quantize_avx512(int64_t n, const float *x, float inv, int32_t zero_point, uint8_t *y)
+{
+	__m512 vinv = _mm512_set1_ps(inv), zp = _mm512_set1_ps((float)zero_point);
+	__m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
+	int64_t i = 0;
+
+	for (; i + 16 <= n; i += 16) {
+		__m512 q = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vinv), zp);
+
+		q = _mm512_min_ps(_mm512_max_ps(q, zero), top);
+		_mm_storeu_si128((__m128i *)(y + i), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(q)));
+	}
+	return i;
+}
+#endif
+
 void ds_quantize_f32(int64_t n, const float *x, float scale, int32_t zero_point, uint8_t *y)
 {
 	float inv = 1.0f / scale;
+	int64_t i = 0;
 
-	for (int64_t i = 0; i < n; i++)
+#ifdef DS_HAVE_VNNI_BUILD
+	if (has_avx512bw())
+		i = quantize_avx512(n, x, inv, zero_point, y);
+#endif
+	for (; i < n; i++)
 		y[i] = ds_q8(x[i], inv, zero_point);
 }
 
@@ -141,16 +188,14 @@ __attribute__((target("avx512f,avx512vnni"))) static void tile_vnni(const int8_t
 /* One tile and its epilogue for outputs contiguous along the columns (a
  * convolution's): the same arithmetic as store_tile, lane by lane, so the
  * results are identical (no FMA contraction: fp-contract off). */
-__attribute__((target("avx512f,avx512vnni"), optimize("fp-contract=off"))) static void
-tile_vnni_store(const int8_t *w, int64_t kp, const uint8_t *pan, const ds_qout *e, const int32_t *wsum, int64_t o0,
-		int64_t rows, int64_t cols, void *y, int64_t so)
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), optimize("fp-contract=off"))) static void
+epi_vnni(const int32_t *acc, const ds_qout *e, const int32_t *wsum, int64_t o0, int64_t rows, int64_t cols, void *y,
+	 int64_t so)
 {
-	int32_t acc[TILE_ROWS * TILE_COLS];
 	float inv = e->u8 ? 1.0f / e->y_scale : 0.0f;
 	__m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi), vinv = _mm512_set1_ps(inv);
 	__m512 zp = _mm512_set1_ps((float)e->y_zero_point), zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
 
-	tile_vnni(w, kp, pan, acc);
 	for (int64_t r = 0; r < rows; r++) {
 		int64_t o = o0 + r;
 		__m512i corr = _mm512_set1_epi32(e->x_zero_point * wsum[r]);
@@ -160,19 +205,31 @@ tile_vnni_store(const int8_t *w, int64_t kp, const uint8_t *pan, const ds_qout *
 		for (int h = 0; h < 2 && h * 16 < cols; h++) {
 			int64_t left = cols - h * 16;
 			__mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-			__m512i a = _mm512_sub_epi32(_mm512_loadu_si512(acc + r * TILE_COLS + h * 16), corr);
+			__m512i a = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, acc + r * TILE_COLS + h * 16), corr);
 			__m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), mult), bias);
 
 			v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
 			if (e->u8) {
 				v = _mm512_add_ps(_mm512_mul_ps(v, vinv), zp);
 				v = _mm512_min_ps(_mm512_max_ps(v, zero), top);
-				_mm512_mask_cvtusepi32_storeu_epi8((uint8_t *)y + r * so + h * 16, m, _mm512_cvtps_epi32(v));
+				/* The saturating narrow into a register, then a plain
+				 * masked store: vpmovusdb to memory is slow on AMD. */
+				_mm_mask_storeu_epi8((uint8_t *)y + r * so + h * 16, m,
+						     _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v)));
 			} else {
 				_mm512_mask_storeu_ps((float *)y + r * so + h * 16, m, v);
 			}
 		}
 	}
+}
+
+static void tile_vnni_store(const int8_t *w, int64_t kp, const uint8_t *pan, const ds_qout *e, const int32_t *wsum,
+			    int64_t o0, int64_t rows, int64_t cols, void *y, int64_t so)
+{
+	int32_t acc[TILE_ROWS * TILE_COLS];
+
+	tile_vnni(w, kp, pan, acc);
+	epi_vnni(acc, e, wsum, o0, rows, cols, y, so);
 }
 #endif
 
@@ -190,7 +247,9 @@ int ds_qgemm_vnni(void)
 
 	if (has < 0) {
 		__builtin_cpu_init();
-		has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni");
+		has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+		      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+		      __builtin_cpu_supports("avx512vnni");
 	}
 	return forced >= 0 ? forced && has : has;
 #else
@@ -243,92 +302,134 @@ static void pack_w_hwc(const int8_t *w, int64_t rows, int64_t cg, int64_t khw, i
 {
 	int64_t rp = (int64_t)up((size_t)rows, TILE_ROWS), k = cg * khw;
 
-	memset(wp, 0, (size_t)(rp * k));
+	memset(wp + rows * k, 0, (size_t)((rp - rows) * k));
+	/* Contiguous writes, reads along a row that is in L1. */
 	for (int64_t r = 0; r < rows; r++)
-		for (int64_t c = 0; c < cg; c++)
-			for (int64_t t = 0; t < khw; t++)
+		for (int64_t t = 0; t < khw; t++)
+			for (int64_t c = 0; c < cg; c++)
 				wp[r * k + t * cg + c] = w[(r * cg + c) * khw + t];
 	row_sums(w, rows, k, wsum);
 }
 
-/* One image's channels [c0, c0 + cg) channels-last into t, then its
- * columns into panels: for each output pixel and tap, cg contiguous bytes
- * go as cg / 4 words.  k = (ky * kw + kx) * cg + c. */
-static void pack_im2col_hwc(const ds_conv2d_dims *d, const uint8_t *x, int64_t c0, int64_t cg, int64_t kp,
-			    int64_t pp, uint8_t zp, uint8_t *t, uint8_t *u)
+/* Filters [rows, kh, kw] (rows of all channels: rows * cg rows of kw taps
+ * each, here 'lines') as one word per line, taps past kw zero: the kx
+ * form's k4 = c * kh + ky. */
+static void pack_w_kx(const int8_t *w, int64_t rows, int64_t lines, int64_t kw, int8_t *wp, int32_t *wsum)
 {
-	int64_t hw = d->h * d->w;
+	int64_t rp = (int64_t)up((size_t)rows, TILE_ROWS);
 
-	for (int64_t c = 0; c < cg; c++)
-		for (int64_t i = 0; i < hw; i++)
-			t[i * cg + c] = x[(c0 + c) * hw + i];
-	memset(u, zp, (size_t)(pp * kp));
-	for (int64_t oy = 0; oy < d->oh; oy++)
-		for (int64_t ox = 0; ox < d->ow; ox++) {
-			int64_t p = oy * d->ow + ox;
-			uint8_t *dst = u + ((p >> 4) * kp << 4) + ((p & 15) << 2);
+	memset(wp, 0, (size_t)(rp * lines * 4));
+	for (int64_t r = 0; r < rows; r++)
+		for (int64_t i = 0; i < lines; i++)
+			memcpy(wp + (r * lines + i) * 4, w + (r * lines + i) * kw, (size_t)kw);
+	row_sums(w, rows, lines * kw, wsum);
+}
 
-			for (int64_t ky = 0; ky < d->kh; ky++) {
-				int64_t iy = oy * d->sh - d->ph + ky * d->dh;
+/* Rows and columns of the padded input a convolution reads: enough for
+ * every window, the border holding the zero point. */
+static void padded_extent(const ds_conv2d_dims *d, int64_t *ph, int64_t *pw)
+{
+	*ph = (d->oh - 1) * d->sh + (d->kh - 1) * d->dh + 1;
+	*pw = (d->ow - 1) * d->sw + (d->kw - 1) * d->dw + 1;
+}
 
-				if (iy < 0 || iy >= d->h)
-					continue;
-				for (int64_t kx = 0; kx < d->kw; kx++) {
-					int64_t ix = ox * d->sw - d->pw + kx * d->dw, k0 = (ky * d->kw + kx) * cg;
-					const uint8_t *src = t + (iy * d->w + ix) * cg;
+/* im2col of channels [c0, c0 + cg) of one image into panels through a
+ * padded copy (pad: planar, or channels-last when hwc), so that each
+ * column is a fixed set of offsets from its window's corner with no bounds
+ * to check.  k = (c * kh + ky) * kw + kx planar, (ky * kw + kx) * cg + c
+ * channels-last (whole words of 4 channels).  Columns past the real ones
+ * get zeros; k past the real ones read the corner (their filter bytes are
+ * zero). */
+#ifdef DS_HAVE_VNNI_BUILD
+static void interleave4(const uint8_t *src, int64_t stride, int64_t n, uint8_t *dst);
+#endif
 
-					if (ix < 0 || ix >= d->w)
-						continue;
-					for (int64_t c4 = 0; c4 < cg; c4 += 4)
-						memcpy(dst + (k0 + c4) * 16, src + c4, 4);
-				}
+/* tmp (cg * w bytes, or NULL): room to turn a row channels-last in words
+ * of 4 channels first, on AVX-512. */
+static void pack_im2col_padded(const ds_conv2d_dims *d, const uint8_t *x, int64_t c0, int64_t cg, int64_t kp,
+			       int64_t pp, uint8_t zp, int hwc, uint8_t *pad, int32_t *off, uint8_t *tmp, uint8_t *u)
+{
+	int64_t hw = d->h * d->w, k = cg * d->kh * d->kw, PH, PW, np = d->oh * d->ow;
+
+	padded_extent(d, &PH, &PW);
+	for (int64_t r = 0; r < PH; r++) {
+		int64_t iy = r - d->ph, x0 = d->pw, x1 = d->pw + d->w;
+
+		x1 = x1 < PW ? x1 : PW;
+		if (hwc) {
+			uint8_t *row = pad + r * PW * cg;
+
+			memset(row, zp, (size_t)(PW * cg));
+			if (iy < 0 || iy >= d->h)
+				continue;
+#ifdef DS_HAVE_VNNI_BUILD
+			if (tmp && x1 > x0) {
+				int64_t n = x1 - x0;
+
+				for (int64_t c4 = 0; c4 < cg / 4; c4++)
+					interleave4(x + (c0 + c4 * 4) * hw + iy * d->w, hw, n, tmp + c4 * n * 4);
+				for (int64_t i = 0; i < n; i++)
+					for (int64_t c4 = 0; c4 < cg / 4; c4++)
+						memcpy(row + (x0 + i) * cg + c4 * 4, tmp + (c4 * n + i) * 4, 4);
+				continue;
+			}
+#endif
+			for (int64_t c = 0; c < cg; c++) {
+				const uint8_t *xr = x + (c0 + c) * hw + iy * d->w - d->pw;
+
+				for (int64_t ix = x0; ix < x1; ix++)
+					row[ix * cg + c] = xr[ix];
+			}
+		} else {
+			for (int64_t c = 0; c < cg; c++) {
+				uint8_t *row = pad + (c * PH + r) * PW;
+
+				memset(row, zp, (size_t)PW);
+				if (iy >= 0 && iy < d->h && x1 > x0)
+					memcpy(row + x0, x + (c0 + c) * hw + iy * d->w, (size_t)(x1 - x0));
 			}
 		}
+	}
+	for (int64_t kk = 0; kk < kp; kk++) {
+		int64_t c, t;
+
+		if (kk >= k) {
+			off[kk] = 0;
+			continue;
+		}
+		c = hwc ? kk % cg : kk / (d->kh * d->kw);
+		t = hwc ? kk / cg : kk % (d->kh * d->kw);
+		off[kk] = (int32_t)(hwc ? ((t / d->kw * d->dh) * PW + t % d->kw * d->dw) * cg + c
+				       : (c * PH + t / d->kw * d->dh) * PW + t % d->kw * d->dw);
+	}
+	for (int64_t p = 0; p < pp; p++) {
+		uint8_t *dst = u + ((p >> 4) * kp << 4) + ((p & 15) << 2);
+
+		if (p >= np) {
+			for (int64_t k4 = 0; k4 < kp; k4 += 4)
+				memset(dst + k4 * 16, 0, 4);
+			continue;
+		}
+		if (hwc) {
+			const uint8_t *src = pad + ((p / d->ow) * d->sh * PW + (p % d->ow) * d->sw) * cg;
+
+			for (int64_t k4 = 0; k4 < kp; k4 += 4)
+				memcpy(dst + k4 * 16, src + off[k4], 4);
+		} else {
+			const uint8_t *src = pad + (p / d->ow) * d->sh * PW + (p % d->ow) * d->sw;
+
+			for (int64_t k4 = 0; k4 < kp; k4 += 4) {
+				uint8_t b[4] = { src[off[k4]], src[off[k4 + 1]], src[off[k4 + 2]], src[off[k4 + 3]] };
+
+				memcpy(dst + k4 * 16, b, 4);
+			}
+		}
+	}
 }
 
 static inline size_t pan_at(int64_t p, int64_t k, int64_t kp)
 {
 	return (size_t)((p / 16) * kp * 16 + (k / 4) * 64 + (p % 16) * 4 + k % 4);
-}
-
-/* im2col of channels [c0, c0 + cg) of one image into panels: pp columns
- * (the output pixels, padded to TILE_COLS) by kp rows. */
-static void pack_im2col(const ds_conv2d_dims *d, const uint8_t *x, int64_t c0, int64_t cg, int64_t kp, int64_t pp,
-			uint8_t zp, uint8_t *u)
-{
-	int64_t k = cg * d->kh * d->kw;
-
-	memset(u, zp, (size_t)(pp * kp));
-	/* k rows past the real ones meet zero filter bytes; zero them anyway
-	 * so that no uninitialised byte is ever read. */
-	for (int64_t kk = k; kk < kp; kk++)
-		for (int64_t p = 0; p < pp; p++)
-			u[pan_at(p, kk, kp)] = 0;
-	for (int64_t c = 0; c < cg; c++) {
-		const uint8_t *xc = x + (c0 + c) * d->h * d->w;
-
-		for (int64_t ky = 0; ky < d->kh; ky++)
-			for (int64_t kx = 0; kx < d->kw; kx++) {
-				int64_t kk = (c * d->kh + ky) * d->kw + kx, kb = (kk >> 2) * 64 + (kk & 3);
-				int64_t off = kx * d->dw - d->pw, ox0 = 0, ox1 = d->ow;
-
-				/* The outputs whose input column is inside the image;
-				 * the others keep the zero point. */
-				while (ox0 < ox1 && ox0 * d->sw + off < 0)
-					ox0++;
-				while (ox1 > ox0 && (ox1 - 1) * d->sw + off >= d->w)
-					ox1--;
-				for (int64_t oy = 0; oy < d->oh; oy++) {
-					int64_t iy = oy * d->sh - d->ph + ky * d->dh, p = oy * d->ow + ox0;
-					const uint8_t *src = xc + iy * d->w + off;
-
-					if (iy < 0 || iy >= d->h)
-						continue;
-					for (int64_t ox = ox0; ox < ox1; ox++, p++)
-						u[((p >> 4) * kp << 4) + ((p & 15) << 2) + kb] = src[ox * d->sw];
-				}
-			}
-	}
 }
 
 /* Rows [p0, p0 + n) of x [m, k] as the columns of one TILE_COLS block. */
@@ -413,34 +514,361 @@ static int is_depthwise(const ds_conv2d_dims *d)
 struct conv_layout {
 	int64_t cg, og, k, kp, rp, pp;
 	int hwc;                     /* channels-last columns (cg a multiple of 4) */
-	size_t wp_off, wsum_off, slice_off, slice;
+	size_t wp_off, wsum_off, slice_off, slice, pad_off, off_off;
 	int threads;
+	/* The direct form (stride 1, channels in words of 4): the padded
+	 * input as cg / 4 planes of words, each plane rows of pw words and
+	 * plane words long (room for the last tile's reads); qn columns. */
+	int direct;
+	int64_t pw, plane, qn;
+	size_t koff_off, tmp_off;
 };
 
-static void conv_layout(const ds_conv2d_dims *d, struct conv_layout *l)
+/* vnni: the layout the VNNI micro-kernel uses, which may be a direct form. */
+static void conv_layout(const ds_conv2d_dims *d, int vnni, struct conv_layout *l)
 {
+	int64_t ph, pw;
+
 	l->cg = d->c / d->groups;
 	l->og = d->o / d->groups;
 	l->k = l->cg * d->kh * d->kw;
-	l->kp = (int64_t)up((size_t)l->k, 4);
+	l->hwc = l->cg % 4 == 0;
+	l->direct = !vnni || d->sh != 1 || d->sw != 1 ? 0 : l->hwc ? 1 : d->kw <= 4 ? 2 : 0;
+	/* The kx form gives each (c, ky) a word of 4 taps along the row. */
+	l->kp = l->direct == 2 ? l->cg * d->kh * 4 : (int64_t)up((size_t)l->k, 4);
 	l->rp = (int64_t)up((size_t)l->og, TILE_ROWS);
 	l->pp = (int64_t)up((size_t)(d->oh * d->ow), TILE_COLS);
 	l->threads = ds_kernel_threads();
-	l->wp_off = 0;
-	l->wsum_off = up((size_t)(d->groups * l->rp * l->kp), ALIGN);
+	l->wp_off = ALIGN;           /* after the struct wcache */
+	l->wsum_off = l->wp_off + up((size_t)(d->groups * l->rp * l->kp), ALIGN);
 	l->slice_off = l->wsum_off + up((size_t)d->o * sizeof(int32_t), ALIGN);
-	l->hwc = l->cg % 4 == 0;
-	l->slice = up((size_t)(l->pp * l->kp), ALIGN) + (l->hwc ? up((size_t)(l->cg * d->h * d->w), ALIGN) : 0);
+	padded_extent(d, &ph, &pw);
+	l->pad_off = up((size_t)(l->pp * l->kp), ALIGN);
+	l->off_off = l->pad_off + up((size_t)(l->cg * ph * pw), ALIGN);
+	l->slice = l->off_off + up((size_t)l->kp * sizeof(int32_t), ALIGN);
+	l->pw = pw;
+	l->qn = (int64_t)up((size_t)(d->oh * pw), TILE_COLS);
+	l->plane = l->qn + (d->kh - 1) * d->dh * pw + (d->kw - 1) * d->dw;
+	l->plane = l->plane > ph * pw ? l->plane : ph * pw;
+	l->koff_off = up((size_t)(l->cg * l->plane * (l->direct == 2 ? 4 : 1)), ALIGN);
+	if (l->direct && l->koff_off + up((size_t)l->kp, ALIGN) > l->slice)
+		l->slice = l->koff_off + up((size_t)l->kp, ALIGN);
+	l->tmp_off = l->slice;
+	l->slice += up((size_t)(l->cg * d->w), ALIGN);
+}
+
+#ifdef DS_HAVE_VNNI_BUILD
+/* The kx form of pack_direct: one plane per channel, whose word at a
+ * padded position holds the taps kx = 0..kw-1 that start there (the zero
+ * point past the row or the image); k4 = c * kh + ky. */
+static void pack_direct_kx(const ds_conv2d_dims *d, const struct conv_layout *l, const uint8_t *x, int64_t c0,
+			   uint8_t zp, uint8_t *t, int32_t *koff)
+{
+	int64_t hw = d->h * d->w, pw = l->pw;
+
+	memset(t, zp, (size_t)(l->cg * l->plane * 4));
+	for (int64_t c = 0; c < l->cg; c++)
+		for (int64_t iy = 0; iy < d->h; iy++) {
+			const uint8_t *src = x + (c0 + c) * hw + iy * d->w;
+			uint8_t *dst = t + (c * l->plane + (iy + d->ph) * pw) * 4;
+
+			if ((iy + d->ph + 1) * pw > l->plane)
+				break;
+			for (int64_t j = 0; j < d->kw; j++)
+				for (int64_t ix = 0; ix < d->w && ix + d->pw < pw; ix++) {
+					int64_t col = ix + d->pw - j * d->dw;
+
+					if (col >= 0)
+						dst[col * 4 + j] = src[ix];
+				}
+		}
+	for (int64_t k4 = 0; k4 < l->kp / 4; k4++)
+		koff[k4] = (int32_t)((k4 / d->kh * l->plane + k4 % d->kh * d->dh * pw) * 4);
+}
+
+/* Words of 4 bytes from 4 rows src + j * stride (j = 0..3) into dst. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void interleave4(const uint8_t *src, int64_t stride,
+									     int64_t n, uint8_t *dst)
+{
+	for (int64_t i = 0; i < n; i += 16) {
+		__mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+		__m512i word = _mm512_setzero_si512();
+
+		for (int j = 0; j < 4; j++) {
+			__m512i b = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, src + j * stride + i));
+
+			word = _mm512_or_si512(word, _mm512_slli_epi32(b, (unsigned)(8 * j)));
+		}
+		_mm512_mask_storeu_epi32(dst + i * 4, m, word);
+	}
+}
+
+/* Channels [c0, c0 + cg) of one image as padded planes of words of 4
+ * channels, t[c4][r][col][4], so that 16 outputs that follow each other
+ * along the flattened padded rows read 64 contiguous bytes per tap: the
+ * convolution needs no im2col.  Columns that fall in the padding compute
+ * values nobody stores. */
+static void pack_direct(const ds_conv2d_dims *d, const struct conv_layout *l, const uint8_t *x, int64_t c0,
+			uint8_t zp, uint8_t *t, int32_t *koff)
+{
+	int64_t hw = d->h * d->w, ph, pw, cols;
+
+	padded_extent(d, &ph, &pw);
+	cols = d->w < pw - d->pw ? d->w : pw - d->pw;
+	memset(t, zp, (size_t)(l->cg * l->plane));
+	for (int64_t c4 = 0; c4 < l->cg / 4; c4++)
+		for (int64_t iy = 0; iy < d->h && iy + d->ph < ph; iy++)
+			interleave4(x + (c0 + c4 * 4) * hw + iy * d->w, hw, cols,
+				    t + (c4 * l->plane + (iy + d->ph) * pw + d->pw) * 4);
+	if (l->direct == 2) {
+		pack_direct_kx(d, l, x, c0, zp, t, koff);
+		return;
+	}
+	/* k4 = tap * cg / 4 + c4, the order of pack_w_hwc. */
+	for (int64_t k4 = 0; k4 < l->kp / 4; k4++) {
+		int64_t tap = k4 / (l->cg / 4), c4 = k4 % (l->cg / 4);
+
+		koff[k4] = (int32_t)((c4 * l->plane + tap / d->kw * d->dh * pw + tap % d->kw * d->dw) * 4);
+	}
+}
+
+/* A run of the columns of a direct tile that lie in one output row: lanes
+ * [j, j + len) go to output position at (oy * ow + ox) onwards. */
+struct seg {
+	int64_t j, len, at;
+};
+
+/* The direct convolution's tile: the 2 panels of k4 start at base +
+ * koff[k4], 64 bytes apart; then the epilogue from the registers, each row stored as
+ * masked stores of its runs (the arithmetic of epi_vnni, lane by lane). */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), optimize("fp-contract=off"))) static void
+direct_tile_out(const int8_t *w, int64_t kp, const uint8_t *base, const int32_t *koff, const ds_qout *e,
+		const int32_t *wsum, int64_t o0, int64_t rows, const struct seg *sg, int nseg, char *y, int64_t so)
+{
+	__m512i c[TILE_ROWS][2];
+	float inv = e->u8 ? 1.0f / e->y_scale : 0.0f;
+	__m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi), vinv = _mm512_set1_ps(inv);
+	__m512 zp = _mm512_set1_ps((float)e->y_zero_point), zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
+
+	for (int r = 0; r < TILE_ROWS; r++)
+		c[r][0] = c[r][1] = _mm512_setzero_si512();
+	for (int64_t k4 = 0; k4 < kp / 4; k4++) {
+		const uint8_t *a = base + koff[k4];
+		__m512i a0 = _mm512_loadu_si512(a), a1 = _mm512_loadu_si512(a + 64);
+
+#pragma GCC unroll 6
+		for (int r = 0; r < TILE_ROWS; r++) {
+			int32_t four;
+			__m512i b;
+
+			memcpy(&four, w + r * kp + k4 * 4, 4);
+			b = _mm512_set1_epi32(four);
+			c[r][0] = _mm512_dpbusd_epi32(c[r][0], a0, b);
+			c[r][1] = _mm512_dpbusd_epi32(c[r][1], a1, b);
+		}
+	}
+#pragma GCC unroll 6
+	for (int r = 0; r < TILE_ROWS; r++) {
+		int64_t o = o0 + r;
+		__m512i corr;
+		__m512 mult, bias, v[2];
+
+		if (r >= rows)
+			break;
+		corr = _mm512_set1_epi32(e->x_zero_point * wsum[r]);
+		mult = _mm512_set1_ps(e->x_scale * e->w_scale[o]);
+		bias = _mm512_set1_ps(e->bias ? e->bias[o] : 0.0f);
+		for (int h = 0; h < 2; h++) {
+			v[h] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c[r][h], corr)), mult), bias);
+			v[h] = _mm512_min_ps(_mm512_max_ps(v[h], lo), hi);
+		}
+		if (e->u8) {
+			__m128i b[2];
+			__m256i all;
+
+			for (int h = 0; h < 2; h++) {
+				__m512 q = _mm512_add_ps(_mm512_mul_ps(v[h], vinv), zp);
+
+				q = _mm512_min_ps(_mm512_max_ps(q, zero), top);
+				b[h] = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(q));
+			}
+			all = _mm256_inserti128_si256(_mm256_castsi128_si256(b[0]), b[1], 1);
+			for (int s = 0; s < nseg; s++) {
+				__mmask32 m = (__mmask32)((((uint64_t)1 << sg[s].len) - 1) << sg[s].j);
+
+				_mm256_mask_storeu_epi8(y + r * so + sg[s].at - sg[s].j, m, all);
+			}
+		} else {
+			for (int s = 0; s < nseg; s++) {
+				uint32_t m = (uint32_t)((((uint64_t)1 << sg[s].len) - 1) << sg[s].j);
+				float *at = (float *)y + r * so + sg[s].at - sg[s].j;
+
+				_mm512_mask_storeu_ps(at, (__mmask16)(m & 0xffff), v[0]);
+				_mm512_mask_storeu_ps(at + 16, (__mmask16)(m >> 16), v[1]);
+			}
+		}
+	}
+}
+
+/* All output channels of group g of one image by the direct form. */
+static void conv_direct(const ds_conv2d_dims *d, const struct conv_layout *l, const int8_t *wp, const int32_t *wsum,
+			int64_t g, int64_t r0, int64_t r1, const uint8_t *t, const int32_t *koff, const ds_qout *e,
+			char *y)
+{
+	size_t es = out_size(e);
+	int64_t p_n = d->oh * d->ow;
+
+	for (int64_t q0 = 0; q0 < l->qn; q0 += TILE_COLS) {
+		struct seg sg[TILE_COLS];
+		int nseg = 0;
+
+		if (q0 / l->pw >= d->oh)
+			break;
+		/* Runs of columns inside one output row. */
+		for (int64_t j = 0; j < TILE_COLS;) {
+			int64_t q = q0 + j, oy = q / l->pw, ox = q % l->pw, len;
+
+			if (oy >= d->oh)
+				break;
+			if (ox >= d->ow) {
+				j += l->pw - ox;
+				continue;
+			}
+			len = d->ow - ox < TILE_COLS - j ? d->ow - ox : TILE_COLS - j;
+			sg[nseg++] = (struct seg){ .j = j, .len = len, .at = oy * d->ow + ox };
+			j += len;
+		}
+		for (int64_t r = r0; r < r1; r += TILE_ROWS) {
+			int64_t nr = r1 - r < TILE_ROWS ? r1 - r : TILE_ROWS;
+
+			direct_tile_out(wp + r * l->kp, l->kp, t + q0 * 4, koff, e, wsum + r, g * l->og + r, nr, sg, nseg,
+					y + (size_t)(r * p_n) * es, p_n);
+		}
+	}
+}
+#endif
+
+/* Packed filters kept from one call to the next in the workspace: a plan
+ * that runs by chunks of a few items gives each node its own workspace,
+ * and repacking the filters on every chunk cost more than the products of
+ * some layers.  A workspace may also be shared with other nodes (the
+ * arena of a plan run node by node), so a hit needs the same filter
+ * pointer and layout, the same fingerprint of the filters and the same
+ * fingerprint of the packed bytes: anything written over them, or filters
+ * changed in place, repacks. */
+struct wcache {
+	const int8_t *w;
+	int64_t kp, rp, groups, direct;
+	uint64_t wfp, pfp;
+	uint64_t pad;
+};
+
+_Static_assert(sizeof(struct wcache) <= ALIGN, "struct wcache fits in front of the packed filters");
+
+#ifdef DS_HAVE_VNNI_BUILD
+/* 8 lanes of h = (h ^ h >> 29) * odd + word, then folded. */
+__attribute__((target("avx512f,avx512bw,avx512dq"))) static uint64_t fingerprint(const void *p, size_t n)
+{
+	const char *b = p;
+	__m512i h = _mm512_set1_epi64((long long)0x9e3779b97f4a7c15ULL);
+	__m512i m = _mm512_set1_epi64((long long)0xff51afd7ed558ccdULL);
+	uint64_t lanes[8], r = n;
+	size_t i = 0;
+
+	for (; i + 64 <= n; i += 64)
+		h = _mm512_add_epi64(_mm512_mullo_epi64(_mm512_xor_si512(h, _mm512_srli_epi64(h, 29)), m),
+				     _mm512_loadu_si512(b + i));
+	if (i < n)
+		h = _mm512_add_epi64(_mm512_mullo_epi64(_mm512_xor_si512(h, _mm512_srli_epi64(h, 29)), m),
+				     _mm512_maskz_loadu_epi8(((__mmask64)1 << (n - i)) - 1, b + i));
+	_mm512_storeu_si512(lanes, h);
+	for (int j = 0; j < 8; j++)
+		r = (r ^ lanes[j] ^ (r >> 31)) * 0xc4ceb9fe1a85ec53ULL;
+	return r;
+}
+#endif
+
+static uint64_t packed_fingerprint(const void *ws, const struct conv_layout *l, const ds_conv2d_dims *d)
+{
+#ifdef DS_HAVE_VNNI_BUILD
+	return fingerprint((const char *)ws + l->wp_off, l->wsum_off - l->wp_off + (size_t)d->o * sizeof(int32_t));
+#else
+	(void)ws;
+	(void)l;
+	(void)d;
+	return 0;
+#endif
+}
+
+/* Only the VNNI path keeps its filters: fingerprints need AVX-512. */
+static int wcache_hit(const void *ws, const struct conv_layout *l, const ds_conv2d_dims *d, const int8_t *w)
+{
+	struct wcache c;
+
+	if (!ds_qgemm_vnni())
+		return 0;
+	memcpy(&c, ws, sizeof c);
+	if (c.w != w || c.kp != l->kp || c.rp != l->rp || c.groups != d->groups || c.direct != l->direct)
+		return 0;
+#ifdef DS_HAVE_VNNI_BUILD
+	if (c.wfp != fingerprint(w, (size_t)(d->o * l->k)))
+		return 0;
+#endif
+	return c.pfp == packed_fingerprint(ws, l, d);
+}
+
+static void wcache_store(void *ws, const struct conv_layout *l, const ds_conv2d_dims *d, const int8_t *w)
+{
+	struct wcache c = { .w = w, .kp = l->kp, .rp = l->rp, .groups = d->groups, .direct = l->direct };
+
+	if (!ds_qgemm_vnni()) {
+		c.w = NULL;
+	} else {
+#ifdef DS_HAVE_VNNI_BUILD
+		c.wfp = fingerprint(w, (size_t)(d->o * l->k));
+#endif
+		c.pfp = packed_fingerprint(ws, l, d);
+	}
+	memcpy(ws, &c, sizeof c);
+}
+
+/* The depthwise form on VNNI: each padded input row becomes words of the
+ * kw <= 4 taps along it that one output reads (the kx form again, one
+ * word per output column), so that a 3x3 filter is 3 vpdpbusd per 16
+ * outputs.  Per thread: one padded row, then the words of every row. */
+struct dw_layout {
+	int64_t ph, owp, row;        /* padded rows, words a row, padded row bytes */
+	size_t words_off, slice;
+};
+
+static int dw_form(const ds_conv2d_dims *d, struct dw_layout *l)
+{
+	int64_t pw;
+
+	if (d->kw > 4)
+		return 0;
+	padded_extent(d, &l->ph, &pw);
+	l->owp = (int64_t)up((size_t)d->ow, 16);
+	l->row = l->owp * d->sw + (d->kw - 1) * d->dw + 64;
+	l->row = l->row > pw + 64 ? l->row : pw + 64;
+	l->words_off = up((size_t)l->row, ALIGN);
+	l->slice = l->words_off + up((size_t)(l->ph * l->owp * 4), ALIGN);
+	return 1;
 }
 
 size_t ds_qconv2d_workspace(const ds_conv2d_dims *d)
 {
-	struct conv_layout l;
+	struct conv_layout a, b;
+	struct dw_layout dl;
 
 	if (is_depthwise(d))
-		return 0;
-	conv_layout(d, &l);
-	return l.slice_off + l.slice * (size_t)l.threads;
+		return dw_form(d, &dl) ? dl.slice * (size_t)ds_kernel_threads() : 0;
+	/* Room for either micro-kernel's layout (ds_qgemm_force may switch). */
+	conv_layout(d, 0, &a);
+	conv_layout(d, 1, &b);
+	return a.slice_off + a.slice * (size_t)a.threads > b.slice_off + b.slice * (size_t)b.threads
+		       ? a.slice_off + a.slice * (size_t)a.threads
+		       : b.slice_off + b.slice * (size_t)b.threads;
 }
 
 /* Depthwise filters are 9 or 25 taps: direct loops beat any packing. */
@@ -482,6 +910,115 @@ static void depthwise(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w
 	}
 }
 
+#ifdef DS_HAVE_VNNI_BUILD
+/* Words of row r of one channel plane xc into wr (owp of them). */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void dw_words(const ds_conv2d_dims *d,
+									  const struct dw_layout *l,
+									  const uint8_t *xc, int64_t r, uint8_t zp,
+									  uint8_t *prow, uint32_t *wr)
+{
+	int64_t iy = r - d->ph;
+
+	memset(prow, zp, (size_t)l->row);
+	if (iy >= 0 && iy < d->h) {
+		int64_t n = d->w < l->row - d->pw ? d->w : l->row - d->pw;
+
+		memcpy(prow + d->pw, xc + iy * d->w, (size_t)n);
+	}
+	if (d->sw <= 2) {
+		__m512i lo8 = _mm512_set1_epi32(0xff);
+
+		for (int64_t ox = 0; ox < l->owp; ox += 16) {
+			__m512i word = _mm512_set1_epi32((int32_t)((uint32_t)zp << 24));
+
+			for (int64_t j = 0; j < d->kw; j++) {
+				const uint8_t *at = prow + ox * d->sw + j * d->dw;
+				__m512i b = d->sw == 1
+						    ? _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)at))
+						    : _mm512_and_si512(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+									       (const __m256i *)at)),
+								       lo8);
+
+				if (j == 3)
+					word = _mm512_and_si512(word, _mm512_set1_epi32(0x00ffffff));
+				word = _mm512_or_si512(word, _mm512_slli_epi32(b, (unsigned)(8 * j)));
+			}
+			_mm512_storeu_si512(wr + ox, word);
+		}
+		return;
+	}
+	for (int64_t ox = 0; ox < l->owp; ox++) {
+		uint32_t word = 0;
+
+		for (int64_t j = 0; j < 4; j++)
+			word |= (uint32_t)(j < d->kw ? prow[ox * d->sw + j * d->dw] : zp) << (8 * j);
+		wr[ox] = word;
+	}
+}
+
+__attribute__((target("avx512f,avx512vnni"))) static void dw_row(const uint32_t *words, int64_t owp,
+								 const int64_t *rows, int64_t kh, const int32_t *wword,
+								 int64_t ox, int32_t *acc)
+{
+	__m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
+
+	for (int64_t ky = 0; ky < kh; ky++) {
+		const uint32_t *a = words + rows[ky] * owp + ox;
+		__m512i b = _mm512_set1_epi32(wword[ky]);
+
+		c0 = _mm512_dpbusd_epi32(c0, _mm512_loadu_si512(a), b);
+		if (ox + 16 < owp)
+			c1 = _mm512_dpbusd_epi32(c1, _mm512_loadu_si512(a + 16), b);
+	}
+	_mm512_storeu_si512(acc, c0);
+	_mm512_storeu_si512(acc + 16, c1);
+}
+
+static void depthwise_vnni(const ds_conv2d_dims *d, const struct dw_layout *l, const uint8_t *x, const int8_t *w,
+			   const ds_qout *e, void *y, void *ws)
+{
+	size_t es = out_size(e);
+
+#pragma omp parallel for schedule(static) num_threads(ds_kernel_threads()) if (d->n * d->c * d->oh * d->ow >= (1 << 15))
+	for (int64_t nc = 0; nc < d->n * d->c; nc++) {
+		int t = 0;
+		int64_t c = nc % d->c, rows[64];
+		const int8_t *wc = w + c * d->kh * d->kw;
+		int32_t wword[64], wsum = 0, acc[TILE_COLS];
+		uint8_t *slice, zp = (uint8_t)e->x_zero_point;
+		uint32_t *words;
+
+#ifdef _OPENMP
+		t = omp_get_thread_num();
+#endif
+		slice = (uint8_t *)ws + l->slice * (size_t)t;
+		words = (uint32_t *)(slice + l->words_off);
+		for (int64_t ky = 0; ky < d->kh; ky++) {
+			uint8_t b[4] = { 0, 0, 0, 0 };
+
+			for (int64_t kx = 0; kx < d->kw; kx++) {
+				b[kx] = (uint8_t)wc[ky * d->kw + kx];
+				wsum += wc[ky * d->kw + kx];
+			}
+			memcpy(&wword[ky], b, 4);
+		}
+		for (int64_t r = 0; r < l->ph; r++)
+			dw_words(d, l, x + nc * d->h * d->w, r, zp, slice, words + r * l->owp);
+		for (int64_t oy = 0; oy < d->oh; oy++) {
+			for (int64_t ky = 0; ky < d->kh; ky++)
+				rows[ky] = oy * d->sh + ky * d->dh;
+			for (int64_t ox = 0; ox < d->ow; ox += TILE_COLS) {
+				int64_t n = d->ow - ox < TILE_COLS ? d->ow - ox : TILE_COLS;
+
+				dw_row(words, l->owp, rows, d->kh, wword, ox, acc);
+				epi_vnni(acc, e, &wsum, c, 1, n, (char *)y + (size_t)((nc * d->oh + oy) * d->ow + ox) * es,
+					 0);
+			}
+		}
+	}
+}
+#endif
+
 void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e, void *y,
 			void *ws)
 {
@@ -489,40 +1026,66 @@ void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t 
 	tile_fn tile = pick_tile();
 	int8_t *wp;
 	int32_t *wsum;
-	int64_t p_n = d->oh * d->ow;
+	int64_t p_n = d->oh * d->ow, rtiles, parts;
 	size_t es = out_size(e);
 
 	if (is_depthwise(d)) {
+#ifdef DS_HAVE_VNNI_BUILD
+		struct dw_layout dl;
+
+		if (tile == tile_vnni && d->kh <= 64 && dw_form(d, &dl)) {
+			depthwise_vnni(d, &dl, x, w, e, y, ws);
+			return;
+		}
+#endif
 		depthwise(d, x, w, e, y);
 		return;
 	}
-	conv_layout(d, &l);
+	conv_layout(d, tile != tile_portable, &l);
 	wp = (int8_t *)ws + l.wp_off;
 	wsum = (int32_t *)((char *)ws + l.wsum_off);
+	if (wcache_hit(ws, &l, d, w))
+		goto packed;
 	for (int64_t g = 0; g < d->groups; g++) {
-		if (l.hwc)
+		if (l.direct == 2)
+			pack_w_kx(w + g * l.og * l.k, l.og, l.cg * d->kh, d->kw, wp + g * l.rp * l.kp, wsum + g * l.og);
+		else if (l.hwc)
 			pack_w_hwc(w + g * l.og * l.k, l.og, l.cg, d->kh * d->kw, wp + g * l.rp * l.kp, wsum + g * l.og);
 		else
 			pack_w(w + g * l.og * l.k, l.og, l.k, l.kp, wp + g * l.rp * l.kp, wsum + g * l.og);
 	}
-#pragma omp parallel for schedule(static) num_threads(l.threads)
-	for (int64_t ng = 0; ng < d->n * d->groups; ng++) {
+	wcache_store(ws, &l, d, w);
+packed:
+	/* Fewer images and groups than threads (a batch of 1): the output
+	 * channels are shared out too, each part packing its own input. */
+	rtiles = l.rp / TILE_ROWS;
+	parts = d->n * d->groups < l.threads ? (l.threads < rtiles ? l.threads : rtiles) : 1;
+#pragma omp parallel for schedule(static) num_threads(l.threads) if (d->n * d->o * p_n * l.k >= (1 << 18))
+	for (int64_t item = 0; item < d->n * d->groups * parts; item++) {
 		int t = 0;
-		int64_t n = ng / d->groups, g = ng % d->groups;
+		int64_t ng = item / parts, part = item % parts, n = ng / d->groups, g = ng % d->groups;
+		int64_t r0 = rtiles * part / parts * TILE_ROWS, r1 = rtiles * (part + 1) / parts * TILE_ROWS;
 		uint8_t *u;
 
 #ifdef _OPENMP
 		t = omp_get_thread_num();
 #endif
 		u = (uint8_t *)ws + l.slice_off + l.slice * (size_t)t;
-		if (l.hwc)
-			pack_im2col_hwc(d, x + n * d->c * d->h * d->w, g * l.cg, l.cg, l.kp, l.pp, (uint8_t)e->x_zero_point,
-					u + up((size_t)(l.pp * l.kp), ALIGN), u);
-		else
-			pack_im2col(d, x + n * d->c * d->h * d->w, g * l.cg, l.cg, l.kp, l.pp, (uint8_t)e->x_zero_point,
-				    u);
-		gemm_packed(tile, e, wp + g * l.rp * l.kp, NULL, l.rp, wsum + g * l.og, g * l.og, l.og, l.kp, u, p_n,
-			    (char *)y + (size_t)((n * d->o + g * l.og) * p_n) * es, p_n, 1);
+#ifdef DS_HAVE_VNNI_BUILD
+		if (l.direct) {
+			pack_direct(d, &l, x + n * d->c * d->h * d->w, g * l.cg, (uint8_t)e->x_zero_point, u,
+				    (int32_t *)(u + l.koff_off));
+			conv_direct(d, &l, wp + g * l.rp * l.kp, wsum + g * l.og, g, r0, r1 < l.og ? r1 : l.og, u,
+				    (int32_t *)(u + l.koff_off), e, (char *)y + (size_t)((n * d->o + g * l.og) * p_n) * es);
+			continue;
+		}
+#endif
+		r1 = r1 < l.og ? r1 : l.og;
+		pack_im2col_padded(d, x + n * d->c * d->h * d->w, g * l.cg, l.cg, l.kp, l.pp, (uint8_t)e->x_zero_point,
+				   l.hwc, u + l.pad_off, (int32_t *)(u + l.off_off),
+				   l.hwc && tile != tile_portable ? u + l.tmp_off : NULL, u);
+		gemm_packed(tile, e, wp + (g * l.rp + r0) * l.kp, NULL, l.rp - r0, wsum + g * l.og + r0, g * l.og + r0,
+			    r1 - r0, l.kp, u, p_n, (char *)y + (size_t)((n * d->o + g * l.og + r0) * p_n) * es, p_n, 1);
 	}
 }
 
@@ -587,6 +1150,102 @@ size_t ds_qlinear_workspace(int64_t m, int64_t in, int64_t out)
 	return l.slice_off + l.slice * (size_t)l.threads;
 }
 
+#ifdef DS_HAVE_VNNI_BUILD
+/* A dense layer as dot products, lanes along k: rows of x and of w are
+ * both contiguous, so nothing is packed and no 32-column tile is wasted on
+ * the few rows a chunk or a batch of 1 brings.  Block of 4 outputs by 4
+ * input rows; rows past the real ones repeat the last real row and are
+ * dropped.  acc[i * 4 + j] gets row i0 + i against output o0 + j, and
+ * wsum[j] the sum of filter o0 + j. */
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void dot_block_vnni(int64_t in, const uint8_t *x,
+										  int64_t ni, const int8_t *w,
+										  int64_t no, int with_sum,
+										  int32_t *acc, int32_t *wsum)
+{
+	const uint8_t *xr[4];
+	const int8_t *wr[4];
+	__m512i c[4][4], s[4];
+	__m512i ones = _mm512_set1_epi8(1);
+	int64_t k = 0;
+	__mmask64 tail = in % 64 ? ((__mmask64)1 << (in % 64)) - 1 : 0;
+
+	for (int i = 0; i < 4; i++) {
+		xr[i] = x + (i < ni ? i : ni - 1) * in;
+		wr[i] = w + (i < no ? i : no - 1) * in;
+		s[i] = _mm512_setzero_si512();
+		for (int j = 0; j < 4; j++)
+			c[i][j] = _mm512_setzero_si512();
+	}
+	for (; k + 64 <= in; k += 64) {
+		__m512i b[4];
+
+		for (int j = 0; j < 4; j++) {
+			b[j] = _mm512_loadu_si512(wr[j] + k);
+			if (with_sum)
+				s[j] = _mm512_dpbusd_epi32(s[j], ones, b[j]);
+		}
+#pragma GCC unroll 4
+		for (int i = 0; i < 4; i++) {
+			__m512i a = _mm512_loadu_si512(xr[i] + k);
+
+			for (int j = 0; j < 4; j++)
+				c[i][j] = _mm512_dpbusd_epi32(c[i][j], a, b[j]);
+		}
+	}
+	if (tail) {
+		__m512i b[4];
+
+		for (int j = 0; j < 4; j++) {
+			b[j] = _mm512_maskz_loadu_epi8(tail, wr[j] + k);
+			if (with_sum)
+				s[j] = _mm512_dpbusd_epi32(s[j], ones, b[j]);
+		}
+		for (int i = 0; i < 4; i++) {
+			__m512i a = _mm512_maskz_loadu_epi8(tail, xr[i] + k);
+
+			for (int j = 0; j < 4; j++)
+				c[i][j] = _mm512_dpbusd_epi32(c[i][j], a, b[j]);
+		}
+	}
+	for (int i = 0; i < 4; i++)
+		for (int j = 0; j < 4; j++)
+			acc[i * 4 + j] = _mm512_reduce_add_epi32(c[i][j]);
+	if (with_sum)
+		for (int j = 0; j < 4; j++)
+			wsum[j] = _mm512_reduce_add_epi32(s[j]);
+}
+
+/* Outputs [o0, o1) of every row, through e (plain code: the epilogue's
+ * arithmetic is the reference's, with no contraction into FMA). */
+static void linear_dot(int64_t m, int64_t in, int64_t out, const uint8_t *x, const int8_t *w, const ds_qout *e,
+		       void *y, int64_t o0, int64_t o1)
+{
+	float inv = e->u8 ? 1.0f / e->y_scale : 0.0f;
+
+	for (int64_t o = o0; o < o1; o += 4) {
+		int64_t no = o1 - o < 4 ? o1 - o : 4;
+		int32_t wsum[4] = { 0 };
+
+		for (int64_t i = 0; i < m; i += 4) {
+			int64_t ni = m - i < 4 ? m - i : 4;
+			int32_t acc[16];
+
+			dot_block_vnni(in, x + i * in, ni, w + o * in, no, i == 0, acc, wsum);
+			for (int64_t a = 0; a < ni; a++)
+				for (int64_t j = 0; j < no; j++) {
+					float v = ds_qout_real(e, o + j, acc[a * 4 + j] - e->x_zero_point * wsum[j]);
+					int64_t at = (i + a) * out + o + j;
+
+					if (e->u8)
+						((uint8_t *)y)[at] = ds_q8(v, inv, e->y_zero_point);
+					else
+						((float *)y)[at] = v;
+				}
+		}
+	}
+}
+#endif
+
 void ds_qlinear_forward(int64_t m, int64_t in, int64_t out, const uint8_t *x, const int8_t *w, const ds_qout *e,
 			void *y, void *ws)
 {
@@ -598,6 +1257,22 @@ void ds_qlinear_forward(int64_t m, int64_t in, int64_t out, const uint8_t *x, co
 	size_t es = out_size(e);
 	int64_t rfull = (int64_t)up((size_t)out, TILE_ROWS), blocks = (m + TILE_COLS - 1) / TILE_COLS;
 
+#ifdef DS_HAVE_VNNI_BUILD
+	if (tile == tile_vnni) {
+		int64_t blocks4 = (out + 3) / 4;
+		int threads = ds_kernel_threads();
+
+		/* Small layers (a batch of 1, a chunk) stay on this thread:
+		 * waking a team costs more than they do. */
+#pragma omp parallel for schedule(static) num_threads(threads) if (m * in * out >= ((int64_t)1 << 20))
+		for (int64_t b = 0; b < threads; b++) {
+			int64_t o0 = blocks4 * b / threads * 4, o1 = blocks4 * (b + 1) / threads * 4;
+
+			linear_dot(m, in, out, x, w, e, y, o0, o1 < out ? o1 : out);
+		}
+		return;
+	}
+#endif
 	linear_layout(in, out, &l);
 	wsum = (int32_t *)((char *)ws + l.wsum_off);
 	/* Rows of 4-byte multiples are already the packed form: only the last
@@ -624,7 +1299,8 @@ void ds_qlinear_forward(int64_t m, int64_t in, int64_t out, const uint8_t *x, co
 		u = (uint8_t *)ws + l.slice_off + l.slice * (size_t)t;
 		pack_rows(x, p0, n, in, l.kp, u);
 		/* Output channel o of row p lands at p * out + o. */
-		gemm_packed(tile, e, wmain, rfull < l.rp ? wp : NULL, rfull, wsum, 0, out, l.kp, u, n, (char *)y + (size_t)(p0 * out) * es, 1, out);
+		gemm_packed(tile, e, wmain, rfull < l.rp ? wp : NULL, rfull, wsum, 0, out, l.kp, u, n,
+			    (char *)y + (size_t)(p0 * out) * es, 1, out);
 	}
 }
 
@@ -650,9 +1326,43 @@ void ds_qlinear_forward_ref(int64_t m, int64_t in, int64_t out, const uint8_t *x
 
 /* ----------------------------------------------------------- the others */
 
+#ifdef DS_HAVE_VNNI_BUILD
+/* 32 outputs of a 2x2 window from 64 bytes of two rows: the larger of the
+ * rows, then of each byte pair (as the two halves of a 16-bit lane). */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void
+max_pool_2x2_row_avx512(const uint8_t *r0, const uint8_t *r1, int64_t ow, uint8_t *y)
+{
+	__m512i lo8 = _mm512_set1_epi16(0xff);
+	int64_t ox = 0;
+
+	for (; ox < ow; ox += 32) {
+		int64_t left = ow - ox < 32 ? ow - ox : 32;
+		__mmask64 in = left >= 32 ? ~(__mmask64)0 : ((__mmask64)1 << (2 * left)) - 1;
+		__mmask32 out = left >= 32 ? ~(__mmask32)0 : ((__mmask32)1 << left) - 1;
+		__m512i v = _mm512_max_epu8(_mm512_maskz_loadu_epi8(in, r0 + 2 * ox), _mm512_maskz_loadu_epi8(in, r1 + 2 * ox));
+		__m512i m = _mm512_max_epu16(_mm512_and_si512(v, lo8), _mm512_srli_epi16(v, 8));
+
+		_mm256_mask_storeu_epi8(y + ox, out, _mm512_cvtepi16_epi8(m));
+	}
+}
+
+#endif
+
 /* The common 2x2 window, stride 2, no padding: no bounds to check. */
 static void max_pool_2x2(const ds_pool_dims *d, const uint8_t *x, uint8_t *y)
 {
+#ifdef DS_HAVE_VNNI_BUILD
+	if (has_avx512bw()) {
+#pragma omp parallel for schedule(static) num_threads(ds_kernel_threads()) if (d->n * d->c * d->h * d->w >= (1 << 18))
+		for (int64_t nc = 0; nc < d->n * d->c; nc++)
+			for (int64_t oy = 0; oy < d->oh; oy++) {
+				const uint8_t *r0 = x + nc * d->h * d->w + 2 * oy * d->w;
+
+				max_pool_2x2_row_avx512(r0, r0 + d->w, d->ow, y + (nc * d->oh + oy) * d->ow);
+			}
+		return;
+	}
+#endif
 #pragma omp parallel for schedule(static) num_threads(ds_kernel_threads())
 	for (int64_t nc = 0; nc < d->n * d->c; nc++) {
 		const uint8_t *xc = x + nc * d->h * d->w;
@@ -715,12 +1425,45 @@ void ds_qglobal_avg_pool_forward(int64_t planes, int64_t size, const uint8_t *x,
 	}
 }
 
+#ifdef DS_HAVE_VNNI_BUILD
+/* 16 codes at a time, lane by lane the arithmetic of the loop below (no
+ * FMA contraction; vcvtps2dq rounds half to even as ds_q8 does). */
+__attribute__((target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) static int64_t
+qadd_avx512(int64_t n, const uint8_t *a, float a_scale, int32_t a_zp, const uint8_t *b, float b_scale, int32_t b_zp,
+	    float lo, float hi, float inv, int32_t y_zp, uint8_t *y)
+{
+	__m512 as = _mm512_set1_ps(a_scale), bs = _mm512_set1_ps(b_scale), vlo = _mm512_set1_ps(lo);
+	__m512 vhi = _mm512_set1_ps(hi), vinv = _mm512_set1_ps(inv), zp = _mm512_set1_ps((float)y_zp);
+	__m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
+	__m512i az = _mm512_set1_epi32(a_zp), bz = _mm512_set1_epi32(b_zp);
+	int64_t i = 0;
+
+	for (; i + 16 <= n; i += 16) {
+		__m512i ai = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(a + i))), az);
+		__m512i bi = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + i))), bz);
+		__m512 v = _mm512_add_ps(_mm512_mul_ps(as, _mm512_cvtepi32_ps(ai)), _mm512_mul_ps(bs, _mm512_cvtepi32_ps(bi)));
+
+		v = _mm512_min_ps(_mm512_max_ps(v, vlo), vhi);
+		v = _mm512_add_ps(_mm512_mul_ps(v, vinv), zp);
+		v = _mm512_min_ps(_mm512_max_ps(v, zero), top);
+		_mm_storeu_si128((__m128i *)(y + i), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v)));
+	}
+	return i;
+}
+
+#endif
+
 void ds_qadd_forward(int64_t n, const uint8_t *a, float a_scale, int32_t a_zp, const uint8_t *b, float b_scale,
 		     int32_t b_zp, float lo, float hi, float y_scale, int32_t y_zp, uint8_t *y)
 {
 	float inv = 1.0f / y_scale;
+	int64_t i = 0;
 
-	for (int64_t i = 0; i < n; i++) {
+#ifdef DS_HAVE_VNNI_BUILD
+	if (has_avx512bw() && !isnan(lo) && !isnan(hi))
+		i = qadd_avx512(n, a, a_scale, a_zp, b, b_scale, b_zp, lo, hi, inv, y_zp, y);
+#endif
+	for (; i < n; i++) {
 		float v = a_scale * (float)((int32_t)a[i] - a_zp) + b_scale * (float)((int32_t)b[i] - b_zp);
 
 		v = fminf(fmaxf(v, lo), hi);

@@ -71,7 +71,11 @@ int ds_qgemm_vnni(void);
 void ds_qgemm_force(int vnni);
 
 /* conv2d over NCHW U8 input, I8 filters [o, c/groups, kh, kw] (d->relu is
- * ignored: e clamps); y is U8 or F32 NCHW as e says. */
+ * ignored: e clamps); y is U8 or F32 NCHW as e says.  The workspace also
+ * keeps the packed filters for the next call with the same workspace; they
+ * are checked against fingerprints of the filters and of the packed bytes
+ * before reuse, so the workspace may be shared or written over between
+ * calls. */
 size_t ds_qconv2d_workspace(const ds_conv2d_dims *d);
 void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e,
 			void *y, void *ws);

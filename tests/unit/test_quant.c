@@ -67,6 +67,22 @@ static void test_conversion(void)
 	ds_qparams_choose(-3.0f, 5.0f, &s, &z);
 	ok(fabsf(s - 8.0f / 255) < 1e-6f && z == 96, "scale and zero point cover [-3, 5]: %g %d", s, z);
 	ds_quantize_f32(1000, x, s, z, q);
+	{
+		/* The vector loop against ds_q8, with the values it must not
+		 * get wrong: halves, NaN, infinities, far out of range. */
+		float sp[37] = { NAN, INFINITY, -INFINITY, 1e30f, -1e30f, -0.0f, 0.0f };
+		uint8_t qs[37];
+		int same = 1;
+
+		for (int i = 0; i < 1000; i++)
+			same &= q[i] == ds_q8(x[i], 1.0f / s, z);
+		for (int i = 7; i < 37; i++)
+			sp[i] = ((float)i - 7.0f) * 0.5f - 4.0f;   /* exact halves at scale 1 */
+		ds_quantize_f32(37, sp, 1.0f, 3, qs);
+		for (int i = 0; i < 37; i++)
+			same &= qs[i] == ds_q8(sp[i], 1.0f, 3);
+		ok(same, "quantize equals ds_q8 on every element");
+	}
 	ds_dequantize_u8(1000, q, s, z, back);
 	for (int i = 0; i < 1000; i++)
 		worst = fmax(worst, fabs(back[i] - x[i]));
@@ -86,6 +102,7 @@ struct qcase {
 	int64_t n, c, h, w, o, k, stride, pad, groups;
 	int act;       /* 0 none, 1 relu, 2 relu6 */
 	int u8;
+	int64_t dil;
 };
 
 /* The float path: dequantized x and w through the float kernel, bias,
@@ -109,7 +126,8 @@ static void float_conv(const ds_conv2d_dims *d, const uint8_t *xq, const int8_t 
 static void test_conv(const struct qcase *q)
 {
 	ds_conv2d_dims d = { .n = q->n, .c = q->c, .h = q->h, .w = q->w, .o = q->o, .kh = q->k, .kw = q->k,
-			     .sh = q->stride, .sw = q->stride, .ph = q->pad, .pw = q->pad, .dh = 1, .dw = 1,
+			     .sh = q->stride, .sw = q->stride, .ph = q->pad, .pw = q->pad, .dh = q->dil,
+			     .dw = q->dil,
 			     .groups = q->groups };
 	int64_t per, nx, ny, nw;
 	uint8_t *x;
@@ -119,8 +137,8 @@ static void test_conv(const struct qcase *q)
 	ds_qout e = { 0 };
 	int vnni = ds_qgemm_vnni();
 
-	d.oh = (d.h + 2 * d.ph - d.kh) / d.sh + 1;
-	d.ow = (d.w + 2 * d.pw - d.kw) / d.sw + 1;
+	d.oh = (d.h + 2 * d.ph - d.dh * (d.kh - 1) - 1) / d.sh + 1;
+	d.ow = (d.w + 2 * d.pw - d.dw * (d.kw - 1) - 1) / d.sw + 1;
 	per = d.c / d.groups * d.kh * d.kw;
 	nx = d.n * d.c * d.h * d.w;
 	ny = d.n * d.o * d.oh * d.ow;
@@ -161,6 +179,27 @@ static void test_conv(const struct qcase *q)
 		   q->u8 ? "u8" : "f32");
 	}
 	ds_qgemm_force(-1);
+	{
+		/* The packed filters kept in the workspace: a second call, filters
+		 * changed in place, packed bytes written over (a workspace shared
+		 * with other nodes) must all still give the reference. */
+		size_t wsn = ds_qconv2d_workspace(&d), es = q->u8 ? 1 : sizeof(float);
+		void *ref2 = malloc((size_t)ny * sizeof(float));
+		int same = 1;
+
+		ds_qconv2d_forward(&d, x, w, &e, fast, ws);
+		same &= !memcmp(ref, fast, (size_t)ny * es);
+		w[nw / 2] = (int8_t)(w[nw / 2] == 5 ? 6 : 5);
+		ds_qconv2d_forward_ref(&d, x, w, &e, ref2);
+		ds_qconv2d_forward(&d, x, w, &e, fast, ws);
+		same &= !memcmp(ref2, fast, (size_t)ny * es);
+		if (wsn > 96)
+			memset((char *)ws + 80, 0x5a, 16);
+		ds_qconv2d_forward(&d, x, w, &e, fast, ws);
+		same &= !memcmp(ref2, fast, (size_t)ny * es);
+		ok(same, "qconv2d with the filters kept from the last call equals the reference");
+		free(ref2);
+	}
 	if (q->u8) {
 		uint8_t *yq = malloc((size_t)ny);
 
@@ -246,6 +285,29 @@ static void test_linear(int64_t m, int64_t in, int64_t out, int act, int u8)
 	free(ws);
 }
 
+/* The 2x2 stride-2 fast path, widths across a 32-output block and odd
+ * ones (a last column dropped), against the float max pool. */
+static void test_pool_2x2(int64_t h, int64_t w)
+{
+	ds_pool_dims d = { .n = 2, .c = 3, .h = h, .w = w, .kh = 2, .kw = 2, .sh = 2, .sw = 2, .oh = h / 2, .ow = w / 2 };
+	int64_t nx = 2 * 3 * h * w, ny = 2 * 3 * (h / 2) * (w / 2);
+	uint8_t *x = malloc((size_t)nx), *y = malloc((size_t)ny), *want = malloc((size_t)ny);
+	float *xf = malloc((size_t)nx * sizeof(float)), *yf = malloc((size_t)ny * sizeof(float));
+
+	fill_u8(x, nx);
+	ds_qmax_pool_forward(&d, x, y);
+	ds_dequantize_u8(nx, x, 0.1f, 40, xf);
+	ds_max_pool_forward(&d, xf, yf, NULL);
+	ds_quantize_f32(ny, yf, 0.1f, 40, want);
+	ok(max_code_diff(y, want, ny) == 0, "qmax_pool 2x2 %lldx%lld equals the float max_pool exactly", (long long)h,
+	   (long long)w);
+	free(x);
+	free(y);
+	free(want);
+	free(xf);
+	free(yf);
+}
+
 static void test_pool_add(void)
 {
 	ds_pool_dims d = { .n = 2, .c = 3, .h = 7, .w = 6, .kh = 3, .kw = 2, .sh = 2, .sw = 2, .ph = 1, .pw = 1 };
@@ -277,6 +339,21 @@ static void test_pool_add(void)
 	ds_quantize_f32(nx, yf, 6.0f / 255, 0, want);
 	ds_qadd_forward(nx, x, s, z, b, 0.05f, 128, 0.0f, 6.0f, 6.0f / 255, 0, y);
 	ok(max_code_diff(y, want, nx) <= 1, "qadd with relu6 within one step");
+	/* The vector loop against the formula, element by element. */
+	for (int act = 0; act < 2; act++) {
+		float lo = act ? 0.0f : -INFINITY, hi = act ? INFINITY : INFINITY, ys = act ? 0.04f : 0.07f;
+		int32_t yz = act ? 0 : 131;
+		int same = 1;
+
+		ds_qadd_forward(nx, x, s, z, b, 0.05f, 128, lo, hi, ys, yz, y);
+		for (int64_t i = 0; i < nx; i++) {
+			float v = s * (float)((int32_t)x[i] - z) + 0.05f * (float)((int32_t)b[i] - 128);
+
+			v = fminf(fmaxf(v, lo), hi);
+			same &= y[i] == ds_q8(v, 1.0f / ys, yz);
+		}
+		ok(same, "qadd act%d equals the scalar formula", act);
+	}
 }
 
 /* ------------------------------------------------------------ the ops */
@@ -408,13 +485,30 @@ out:
 int main(void)
 {
 	static const struct qcase cases[] = {
-		{ 2, 3, 9, 7, 5, 3, 1, 1, 1, 1, 1 },
-		{ 3, 8, 10, 10, 13, 3, 2, 1, 1, 0, 1 },
-		{ 1, 16, 5, 5, 7, 1, 1, 0, 1, 2, 1 },
-		{ 2, 6, 8, 9, 6, 3, 1, 1, 6, 2, 1 },    /* depthwise */
-		{ 2, 8, 6, 6, 12, 3, 2, 1, 4, 1, 1 },   /* grouped */
-		{ 1, 3, 11, 4, 33, 5, 1, 2, 1, 0, 0 },  /* F32 out */
-		{ 4, 1, 28, 28, 32, 3, 1, 1, 1, 1, 1 },
+		{ 2, 3, 9, 7, 5, 3, 1, 1, 1, 1, 1, 1 },
+		{ 3, 8, 10, 10, 13, 3, 2, 1, 1, 0, 1, 1 },
+		{ 1, 16, 5, 5, 7, 1, 1, 0, 1, 2, 1, 1 },
+		{ 2, 6, 8, 9, 6, 3, 1, 1, 6, 2, 1, 1 },    /* depthwise */
+		{ 2, 8, 6, 6, 12, 3, 2, 1, 4, 1, 1, 1 },   /* grouped */
+		{ 1, 3, 11, 4, 33, 5, 1, 2, 1, 0, 0, 1 },  /* F32 out */
+		{ 4, 1, 28, 28, 32, 3, 1, 1, 1, 1, 1, 1 },
+		/* the direct form: stride 1, channels in words of 4 */
+		{ 3, 32, 14, 14, 64, 3, 1, 1, 1, 1, 1, 1 },
+		{ 2, 12, 9, 23, 13, 3, 1, 0, 1, 2, 1, 1 },
+		{ 2, 8, 11, 7, 7, 3, 1, 2, 1, 0, 0, 2 },  /* dilated, F32 out */
+		{ 2, 16, 6, 5, 20, 1, 1, 0, 1, 0, 1, 1 },
+		{ 1, 8, 40, 3, 6, 5, 1, 2, 2, 1, 1, 1 },    /* grouped, 4 channels a group */
+		/* depthwise: words of taps, strides 1 and 2 and beyond */
+		{ 2, 5, 14, 37, 5, 3, 1, 1, 5, 2, 1, 1 },
+		{ 2, 4, 15, 70, 4, 3, 2, 1, 4, 1, 1, 1 },
+		{ 1, 3, 9, 9, 3, 4, 1, 2, 3, 0, 0, 1 },
+		{ 1, 3, 13, 11, 3, 3, 3, 1, 3, 1, 1, 2 },
+		{ 2, 2, 12, 12, 2, 5, 1, 2, 2, 1, 1, 1 },
+		/* the kx form: stride 1, kw <= 4, channels not in words of 4 */
+		{ 2, 3, 10, 9, 5, 4, 1, 1, 1, 0, 0, 1 },
+		{ 1, 2, 12, 12, 7, 3, 1, 2, 1, 1, 1, 2 },   /* dilated */
+		{ 2, 8, 6, 6, 12, 3, 1, 1, 4, 2, 1, 1 },    /* grouped, 2 channels a group */
+		{ 1, 5, 7, 33, 3, 2, 1, 0, 1, 1, 1, 1 },
 	};
 
 	diag("micro-kernel: %s", ds_qgemm_vnni() ? "AVX-512 VNNI" : "portable");
@@ -425,6 +519,9 @@ int main(void)
 	test_linear(70, 130, 64, 0, 1);
 	test_linear(33, 3136, 128, 1, 1);
 	test_linear(3, 9, 10, 0, 0);
+	test_pool_2x2(28, 28);
+	test_pool_2x2(7, 131);
+	test_pool_2x2(4, 64);
 	test_pool_add();
 	test_plan();
 	return done_testing();
