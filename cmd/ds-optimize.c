@@ -96,18 +96,9 @@ int main(int argc, char **argv)
 		json_decref(table);
 		goto out;
 	}
-	path = ds_cli_get(cli, "model");
-	if (path && ds_cli_argc(cli)) {
-		rc = ds_error_set(&err, DS_ERR_USAGE, "usage", "give the model once: --model or the operand");
-		goto out;
-	}
-	path = path ? path : ds_cli_argc(cli) ? ds_cli_arg(cli, 0) : "-";
-	output = ds_cli_get(cli, "output");
 	verify_n = ds_cli_int(cli, "verify");
-	if (!output && !ds_cli_flag(cli, "dry-run")) {
-		rc = ds_error_set(&err, DS_ERR_USAGE, "usage", "say where the model goes: -o FILE (- is stdout), or --dry-run");
+	if ((rc = ds_cli_model_io(cli, &path, &output, &err)))
 		goto out;
-	}
 	if (verify_n < 0) {
 		rc = ds_error_set(&err, DS_ERR_USAGE, "usage", "--verify: %lld is negative", (long long)verify_n);
 		goto out;

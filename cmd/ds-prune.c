@@ -48,18 +48,9 @@ int main(int argc, char **argv)
 	rc = ds_cli_start(&cli, &program, argc, argv, &done);
 	if (rc || done)
 		return rc;
-	path = ds_cli_get(cli, "model");
-	if (path && ds_cli_argc(cli)) {
-		rc = ds_error_set(&err, DS_ERR_USAGE, "usage", "give the model once: --model or the operand");
-		goto out;
-	}
-	path = path ? path : ds_cli_argc(cli) ? ds_cli_arg(cli, 0) : "-";
-	output = ds_cli_get(cli, "output");
 	dry = ds_cli_flag(cli, "dry-run");
-	if (!output && !dry) {
-		rc = ds_error_set(&err, DS_ERR_USAGE, "usage", "say where the model goes: -o FILE (- is stdout), or --dry-run");
+	if ((rc = ds_cli_model_io(cli, &path, &output, &err)))
 		goto out;
-	}
 	o.layer_ratio_count = ds_cli_list_count(cli, "layer-ratio");
 	if (!(ratios = calloc(o.layer_ratio_count + 1, sizeof *ratios))) {
 		rc = ds_error_set(&err, DS_ERR_NOMEM, "out_of_memory", "out of memory");

@@ -1038,3 +1038,17 @@ int ds_cli_bytes(const ds_cli *cli, const char *option, uint64_t *out, ds_error 
 	*out = (uint64_t)(v * unit);
 	return 0;
 }
+
+int ds_cli_model_io(const ds_cli *cli, const char **model, const char **output, ds_error *err)
+{
+	const char *m = ds_cli_get(cli, "model");
+
+	if (m && ds_cli_argc(cli))
+		return ds_error_set(err, DS_ERR_USAGE, "usage", "give the model once: --model or the operand");
+	*model = m ? m : ds_cli_argc(cli) ? ds_cli_arg(cli, 0) : "-";
+	*output = ds_cli_get(cli, "output");
+	if (!*output && !ds_cli_flag(cli, "dry-run"))
+		return ds_error_set(err, DS_ERR_USAGE, "usage",
+				    "say where the model goes: -o FILE (- is stdout), or --dry-run");
+	return 0;
+}

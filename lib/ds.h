@@ -418,6 +418,11 @@ const char *ds_cli_name(const ds_cli *cli);
  * 0 and nothing written without --log, status 5 when the write fails. */
 int ds_cli_event(const ds_cli *cli, const char *event, const json_t *fields);
 
+/* The model a model-to-model program reads and where it writes: --model or
+ * the one operand (not both; "-" when neither), and -o, required unless the
+ * program has a --dry-run that is set.  Status 2 with the reason. */
+int ds_cli_model_io(const ds_cli *cli, const char **model, const char **output, ds_error *err);
+
 /* --shard K/N (1 <= K <= N) into *k and *n; 0/0 when the option is unset.
  * Status 2 naming the value otherwise. */
 int ds_cli_shard(const ds_cli *cli, int *k, int *n, ds_error *err);
