@@ -24,6 +24,7 @@
  */
 #include "config.h"
 #include "internal.h"
+#include "cpu/kernels.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -280,16 +281,9 @@ static void adamw_update(float *w, const float *g, float *m, float *v, int64_t n
 {
 #pragma omp parallel if (n > PARALLEL_MIN)
 	{
-		int64_t t = 0, nt = 1, lines = (n + 15) / 16;
+		int64_t e0, e1;
 
-#ifdef _OPENMP
-		t = omp_get_thread_num();
-		nt = omp_get_num_threads();
-#endif
-		int64_t e0 = lines * t / nt * 16, e1 = lines * (t + 1) / nt * 16;
-
-		if (e1 > n)
-			e1 = n;
+		ds_cpu_line_share(n, &e0, &e1);
 		if (e0 < e1)
 			adamw_range(w, g, m, v, e0, e1, s);
 	}

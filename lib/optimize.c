@@ -86,74 +86,78 @@ out:
 
 /* ---------------------------------------------------------------- passes */
 
-/* Dropout is the identity at inference. */
-static int pass_drop_dropout(struct pass_ctx *c, ds_error *err)
+/* Remove every node the predicate calls an identity, readers rewired to
+ * its input (bypass_node), with one log line each: "<pass>: removed ...". */
+static int drop_identities(struct pass_ctx *c, const char *pass,
+			   int (*is_identity)(struct pass_ctx *c, const json_t *node, int *yes, ds_error *err),
+			   ds_error *err)
 {
 	for (size_t i = 0; i < ds_edit_node_count(c->graph);) {
 		json_t *node = ds_edit_node(c->graph, i);
 		char name[256];
-		int kept, rc;
+		int yes = 0, kept, rc;
 
-		if (strcmp(ds_edit_node_op(node), "dropout") != 0) {
+		if ((rc = is_identity(c, node, &yes, err)))
+			return rc;
+		if (!yes) {
 			i++;
 			continue;
 		}
-		snprintf(name, sizeof name, "%s", ds_edit_node_name(node));
+		snprintf(name, sizeof name, "%s '%s'", ds_edit_node_op(node), ds_edit_node_name(node));
 		if ((rc = bypass_node(c, i, &kept, err)))
 			return rc;
 		if (kept) {
 			i++;
 			continue;
 		}
-		if ((rc = note(c, err, "drop-dropout: removed '%s'", name)))
+		if ((rc = note(c, err, "%s: removed %s", pass, name)))
 			return rc;
 	}
 	return 0;
 }
 
+/* Dropout is the identity at inference. */
+static int is_dropout(struct pass_ctx *c, const json_t *node, int *yes, ds_error *err)
+{
+	(void)c;
+	(void)err;
+	*yes = !strcmp(ds_edit_node_op(node), "dropout");
+	return 0;
+}
+
+static int pass_drop_dropout(struct pass_ctx *c, ds_error *err)
+{
+	return drop_identities(c, "drop-dropout", is_dropout, err);
+}
+
 /* Reshapes and flattens whose output has the shape of their input. */
+static int keeps_shape(struct pass_ctx *c, const json_t *node, int *yes, ds_error *err)
+{
+	const char *op = ds_edit_node_op(node);
+	const ds_shape *a, *b;
+	ds_graph *g = NULL;
+	char *text;
+	int rc;
+
+	*yes = 0;
+	if (strcmp(op, "reshape") != 0 && strcmp(op, "flatten") != 0)
+		return 0;
+	if (!(text = json_dumps(c->graph, JSON_COMPACT)))
+		return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+	rc = ds_graph_parse(text, c->params, &g, err);
+	free(text);
+	if (rc)
+		return rc;
+	a = ds_graph_shape(g, ds_edit_input(node, 0));
+	b = ds_graph_shape(g, ds_edit_output(node, 0));
+	*yes = a && b && a->ndim == b->ndim && !memcmp(a->dim, b->dim, (size_t)a->ndim * sizeof a->dim[0]);
+	ds_graph_free(g);
+	return 0;
+}
+
 static int pass_drop_identity(struct pass_ctx *c, ds_error *err)
 {
-	ds_graph *g = NULL;
-	int rc = 0;
-
-	for (size_t i = 0; i < ds_edit_node_count(c->graph);) {
-		json_t *node = ds_edit_node(c->graph, i);
-		const char *op = ds_edit_node_op(node);
-		const ds_shape *a, *b;
-		char name[256], *text;
-		int same, kept;
-
-		if (strcmp(op, "reshape") != 0 && strcmp(op, "flatten") != 0) {
-			i++;
-			continue;
-		}
-		if (!(text = json_dumps(c->graph, JSON_COMPACT)))
-			return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
-		rc = ds_graph_parse(text, c->params, &g, err);
-		free(text);
-		if (rc)
-			return rc;
-		a = ds_graph_shape(g, ds_edit_input(node, 0));
-		b = ds_graph_shape(g, ds_edit_output(node, 0));
-		same = a && b && a->ndim == b->ndim && !memcmp(a->dim, b->dim, (size_t)a->ndim * sizeof a->dim[0]);
-		ds_graph_free(g);
-		g = NULL;
-		if (!same) {
-			i++;
-			continue;
-		}
-		snprintf(name, sizeof name, "%s '%s'", op, ds_edit_node_name(node));
-		if ((rc = bypass_node(c, i, &kept, err)))
-			return rc;
-		if (kept) {
-			i++;
-			continue;
-		}
-		if ((rc = note(c, err, "drop-identity: removed %s (shape unchanged)", name)))
-			return rc;
-	}
-	return 0;
+	return drop_identities(c, "drop-identity", keeps_shape, err);
 }
 
 /* Nodes none of whose outputs is read, repeatedly. */

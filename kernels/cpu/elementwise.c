@@ -9,6 +9,7 @@
  */
 #include "config.h"
 #include "cpu/elementwise.h"
+#include "cpu/kernels.h"
 
 #include <math.h>
 #include <string.h>
@@ -117,16 +118,9 @@ static void relu_forward(const float *x, float *y, int64_t n)
 {
 #pragma omp parallel if (n >= DS_CPU_PAR_MIN)
 	{
-		int64_t t = 0, nt = 1, lines = (n + 15) / 16;
+		int64_t i0, i1;
 
-#ifdef _OPENMP
-		t = omp_get_thread_num();
-		nt = omp_get_num_threads();
-#endif
-		int64_t i0 = lines * t / nt * 16, i1 = lines * (t + 1) / nt * 16;
-
-		if (i1 > n)
-			i1 = n;
+		ds_cpu_line_share(n, &i0, &i1);
 		if (i0 < i1)
 			relu_forward_range(x + i0, y + i0, i1 - i0);
 	}
@@ -136,16 +130,9 @@ static void relu_backward(const float *t, const float *dy, float *dx, int64_t n)
 {
 #pragma omp parallel if (n >= DS_CPU_PAR_MIN)
 	{
-		int64_t id = 0, nt = 1, lines = (n + 15) / 16;
+		int64_t i0, i1;
 
-#ifdef _OPENMP
-		id = omp_get_thread_num();
-		nt = omp_get_num_threads();
-#endif
-		int64_t i0 = lines * id / nt * 16, i1 = lines * (id + 1) / nt * 16;
-
-		if (i1 > n)
-			i1 = n;
+		ds_cpu_line_share(n, &i0, &i1);
 		if (i0 < i1)
 			relu_backward_range(t + i0, dy + i0, dx + i0, i1 - i0);
 	}
