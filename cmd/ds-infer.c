@@ -19,6 +19,8 @@ static const ds_option options[] = {
 	{ "text-field", 0, DS_OPT_STRING, "NAME", "JSON Lines field holding the text", NULL, "text" },
 	{ "label-field", 0, DS_OPT_STRING, "NAME", "JSON Lines field holding the label", NULL, "label" },
 	{ "max-bytes", 0, DS_OPT_STRING, "SIZE", "larger files are errors (K, M, G suffixes)", NULL, "1G" },
+	{ "buffer-size", 0, DS_OPT_STRING, "SIZE", "items of a .dst stream held at once; the rest is read as the run goes",
+	  NULL, "64M" },
 	{ "no-verify", 0, DS_OPT_FLAG, NULL, "do not check the model's CRC-32C checksums", NULL, NULL },
 	{ NULL, 0, 0, NULL, NULL, NULL, NULL }
 };
@@ -75,6 +77,7 @@ int main(int argc, char **argv)
 	o.device = ds_cli_device(cli);
 	o.cli = cli;
 	if ((rc = ds_cli_bytes(cli, "max-bytes", &source.max_bytes, &err)) ||
+	    (rc = ds_cli_bytes(cli, "buffer-size", &o.buffer_bytes, &err)) ||
 	    (rc = ds_cli_shard(cli, &o.shard_index, &o.shard_count, &err)))
 		goto out;
 	if (o.batch < 1 || o.topk < 1 || o.workers < 0) {

@@ -1,7 +1,12 @@
 /* infer.c - ds-infer: a model run over files, folders and streams.
  *
  * Items are listed first (ds_source_list), so that sharding, label checks
- * and the shape check of packed streams happen before any output.  Then a
+ * and the shape check of packed streams happen before their output.  Packed
+ * streams (.dst files and pipes) are the exception in size: their items
+ * carry their pixels, so they are listed a part at a time (--buffer-size of
+ * items, whole frames), each part run and written before the next is read.
+ * A stream of any length then runs in bounded memory, and a pipe's first
+ * records come out while its producer is still writing.  Then a
  * pipeline of two batch slots: worker threads claim items in input order
  * and preprocess each into its row of the slot that holds its batch; the
  * calling thread waits for the slot of the next batch, copies it into the
@@ -25,6 +30,7 @@
 
 #define CODE_LEN 48
 #define MESSAGE_LEN 1024
+#define CHUNK_BYTES ((uint64_t)64 << 20)   /* default --buffer-size */
 
 enum out_format { OUT_JSONL, OUT_CSV, OUT_DST };
 
@@ -43,8 +49,14 @@ struct infer {
 	ds_model *model;
 	ds_preprocess *pp;
 	ds_plan *plan;
-	ds_item_list list;
+	ds_item_list list;           /* the part being run */
 	size_t *input_of;            /* item -> index of its input; SIZE_MAX for --files-from */
+	/* listing, a part at a time */
+	size_t next_input;           /* o->inputs[next_input] is next, or being read */
+	ds_dst_reader *reader;       /* the packed stream being read, or NULL */
+	int files_from_done, listed_all;
+	int64_t seen;                /* items listed so far, before sharding */
+	int64_t total;               /* items of the parts already run */
 	int32_t *label_of;           /* item -> class index, or DS_INFER_*_LABEL */
 	char **safe_names;           /* class names as file names (ds_file_safe_name) */
 	int any_label;
@@ -86,7 +98,7 @@ struct infer {
 	/* figures */
 	int64_t errors, labelled, unknown, top1_hits, top5_hits;
 	int64_t *confusion;          /* K x K: actual row, predicted column */
-	int64_t first_error;
+	char *first_error;           /* item id of the first failed item */
 	double compute_seconds;
 };
 
@@ -133,55 +145,98 @@ static int note_inputs(struct infer *inf, size_t before, size_t which, ds_error 
 	return 0;
 }
 
-/* A path that cannot be listed becomes an error record, as an unreadable
- * file inside a folder does; a packed stream that cannot be read fails the
- * run: its items, not one, are lost, and a half-read stream is no result. */
-static int list_inputs(struct infer *inf, ds_error *err)
+/* Keep the items of [before, count) that are this shard's: every N-th item
+ * of the whole listing, counted across parts. */
+static void shard_filter(struct infer *inf, size_t before)
 {
 	const ds_infer_options *o = inf->o;
+	size_t kept = before;
+
+	for (size_t i = before; i < inf->list.count; i++, inf->seen++) {
+		if (o->shard_count <= 1 || (int)(inf->seen % o->shard_count) == o->shard_index - 1) {
+			inf->input_of[kept] = inf->input_of[i];
+			inf->list.items[kept++] = inf->list.items[i];
+		} else {
+			ds_item_free(inf->list.items[i]);
+		}
+	}
+	inf->list.count = kept;
+}
+
+/* The next frame of the open packed stream; closes it at its end.  A frame
+ * that cannot be read fails the run: its items, not one, are lost. */
+static int read_frame(struct infer *inf, size_t *bytes, ds_error *err)
+{
+	size_t before = inf->list.count;
+	int done = 0, rc;
+
+	if ((rc = ds_dst_reader_next(inf->reader, &inf->list, &done, err)))
+		return rc;
+	if (done) {
+		ds_dst_reader_close(inf->reader);
+		inf->reader = NULL;
+		inf->next_input++;
+	}
+	for (size_t i = before; i < inf->list.count; i++)
+		*bytes += inf->list.items[i]->len;
+	if ((rc = note_inputs(inf, before, inf->next_input - done, err)))
+		return rc;
+	shard_filter(inf, before);
+	return 0;
+}
+
+/* List the next part: every input up to and including packed streams'
+ * frames until --buffer-size bytes of their items are held.  A path that cannot be
+ * listed becomes an error record, as an unreadable file inside a folder
+ * does. */
+static int list_part(struct infer *inf, ds_error *err)
+{
+	const ds_infer_options *o = inf->o;
+	uint64_t limit = o->buffer_bytes ? o->buffer_bytes : CHUNK_BYTES;
+	size_t bytes = 0;
 	int rc = 0;
 
-	for (size_t i = 0; i < o->input_count && !rc; i++) {
-		const char *in = o->inputs[i];
-		size_t before = inf->list.count;
-		ds_error sub = { 0 };
-
-		rc = ds_source_list(in, o->source, &inf->list, &sub);
-		if (rc && is_packed_input(in)) {
-			ds_error_set(err, sub.status, sub.code, "%s", sub.message);
-		} else if (rc == DS_ERR_IO || rc == DS_ERR_DATA) {
-			rc = ds_item_push_error(&inf->list, err, in, in, NULL, sub.code[0] ? sub.code : "unreadable", "%s",
-						sub.message);
-		} else if (rc) {
-			ds_error_set(err, sub.status, sub.code, "%s", sub.message);
-		}
-		if (!rc)
-			rc = note_inputs(inf, before, i, err);
-	}
-	if (!rc && o->files_from) {
-		size_t before = inf->list.count;
-
-		rc = ds_source_list_files_from(o->files_from, o->source, &inf->list, err);
-		if (!rc)
-			rc = note_inputs(inf, before, SIZE_MAX, err);
-	}
-	if (rc)
-		return rc;
-	if (o->shard_count > 1) {
-		size_t kept = 0;
-
-		for (size_t i = 0; i < inf->list.count; i++) {
-			if ((int)(i % (size_t)o->shard_count) == o->shard_index - 1) {
-				inf->input_of[kept] = inf->input_of[i];
-				inf->list.items[kept++] = inf->list.items[i];
-			} else {
-				ds_item_free(inf->list.items[i]);
+	ds_item_list_free(&inf->list);
+	memset(&inf->list, 0, sizeof inf->list);
+	while (!rc) {
+		if (inf->reader) {
+			if (bytes >= limit) {
+				inf->count = (int64_t)inf->list.count;
+				return 0;
 			}
+			rc = read_frame(inf, &bytes, err);
+		} else if (inf->next_input < o->input_count) {
+			const char *in = o->inputs[inf->next_input];
+			size_t before = inf->list.count;
+			ds_error sub = { 0 };
+
+			if (is_packed_input(in)) {
+				rc = ds_dst_reader_open(in, &inf->reader, err);
+				continue;
+			}
+			rc = ds_source_list(in, o->source, &inf->list, &sub);
+			if (rc == DS_ERR_IO || rc == DS_ERR_DATA)
+				rc = ds_item_push_error(&inf->list, err, in, in, NULL,
+							sub.code[0] ? sub.code : "unreadable", "%s", sub.message);
+			else if (rc)
+				ds_error_set(err, sub.status, sub.code, "%s", sub.message);
+			if (!rc && !(rc = note_inputs(inf, before, inf->next_input, err)))
+				shard_filter(inf, before);
+			inf->next_input++;
+		} else if (o->files_from && !inf->files_from_done) {
+			size_t before = inf->list.count;
+
+			inf->files_from_done = 1;
+			rc = ds_source_list_files_from(o->files_from, o->source, &inf->list, err);
+			if (!rc && !(rc = note_inputs(inf, before, SIZE_MAX, err)))
+				shard_filter(inf, before);
+		} else {
+			inf->listed_all = 1;
+			break;
 		}
-		inf->list.count = kept;
 	}
 	inf->count = (int64_t)inf->list.count;
-	return 0;
+	return rc;
 }
 
 /* A packed stream is already preprocessed: its rows must be what the model
@@ -253,6 +308,7 @@ static int map_labels(struct infer *inf, ds_error *err)
 	char ***sorted = NULL;
 	int64_t K = inf->classes;
 
+	free(inf->label_of);
 	inf->label_of = ds_malloc((inf->list.count ? inf->list.count : 1) * sizeof *inf->label_of, err);
 	sorted = ds_malloc((K ? (size_t)K : 1) * sizeof *sorted, err);
 	if (!inf->label_of || !sorted) {
@@ -261,11 +317,11 @@ static int map_labels(struct infer *inf, ds_error *err)
 	}
 	for (int64_t k = 0; k < K; k++)
 		sorted[k] = &inf->class_names[k];
-	if (K && !(inf->safe_names = ds_calloc((size_t)K, sizeof *inf->safe_names, err))) {
+	if (K && !inf->safe_names && !(inf->safe_names = ds_calloc((size_t)K, sizeof *inf->safe_names, err))) {
 		free(sorted);
 		return DS_ERR_NOMEM;
 	}
-	for (int64_t k = 0; k < K; k++) {
+	for (int64_t k = 0; k < K && !inf->safe_names[k]; k++) {
 		if (!(inf->safe_names[k] = ds_strdup(inf->class_names[k], err))) {
 			free(sorted);
 			return DS_ERR_NOMEM;
@@ -425,23 +481,31 @@ static int start_pipeline(struct infer *inf, ds_error *err)
 		want = 0;
 	if (want > inf->count)
 		want = (int)inf->count;
+	/* Slots and the thread array serve every part of the run. */
 	for (int s = 0; s < 2; s++) {
 		struct slot *sl = &inf->slot[s];
 
-		sl->x = ds_aligned_alloc((size_t)inf->B * inf->item_bytes, err);
-		sl->failed = ds_calloc((size_t)inf->B, 1, err);
-		sl->code = ds_calloc((size_t)inf->B, sizeof *sl->code, err);
-		sl->message = ds_calloc((size_t)inf->B, sizeof *sl->message, err);
+		if (!sl->x) {
+			sl->x = ds_aligned_alloc((size_t)inf->B * inf->item_bytes, err);
+			sl->failed = ds_calloc((size_t)inf->B, 1, err);
+			sl->code = ds_calloc((size_t)inf->B, sizeof *sl->code, err);
+			sl->message = ds_calloc((size_t)inf->B, sizeof *sl->message, err);
+		}
 		if (!sl->x || !sl->failed || !sl->code || !sl->message)
 			return DS_ERR_NOMEM;
 		sl->batch = s;
 		sl->pending = batch_rows(inf, s);
 	}
+	inf->next = 0;
+	inf->quit = 0;
+	inf->n_threads = 0;
 	pthread_mutex_init(&inf->lock, NULL);
 	pthread_cond_init(&inf->work, NULL);
 	pthread_cond_init(&inf->done, NULL);
 	inf->have_sync = 1;
-	inf->threads = ds_calloc((size_t)(want > 0 ? want : 1), sizeof *inf->threads, err);
+	if (!inf->threads)
+		inf->threads = ds_calloc((size_t)(cores() > 0 ? cores() : 1) + (size_t)inf->o->workers + 1,
+					 sizeof *inf->threads, err);
 	if (!inf->threads)
 		return DS_ERR_NOMEM;
 	/* Fewer threads than asked (or none) still work: take_batch prepares
@@ -741,8 +805,8 @@ static int emit_batch(struct infer *inf, int64_t b, ds_error *err)
 		inf->lines[r] = NULL;
 		inf->records[r] = NULL;
 		if (inf->failed[r]) {
-			if (inf->errors++ == 0)
-				inf->first_error = first + r;
+			if (inf->errors++ == 0 && !(inf->first_error = ds_strdup(inf->list.items[first + r]->id, err)))
+				rc = DS_ERR_NOMEM;
 			continue;
 		}
 		if (actual == DS_INFER_UNKNOWN_LABEL)
@@ -765,8 +829,8 @@ static int emit_batch(struct infer *inf, int64_t b, ds_error *err)
 
 static json_t *summary(struct infer *inf, double seconds)
 {
-	int64_t ok = inf->count - inf->errors;
-	json_t *doc = json_pack("{s:s, s:I, s:I, s:I}", "model", inf->o->model, "items", (json_int_t)inf->count,
+	int64_t ok = inf->total - inf->errors;
+	json_t *doc = json_pack("{s:s, s:I, s:I, s:I}", "model", inf->o->model, "items", (json_int_t)inf->total,
 				"classified", (json_int_t)ok, "errors", (json_int_t)inf->errors);
 
 	if (!doc)
@@ -806,9 +870,9 @@ static json_t *summary(struct infer *inf, double seconds)
 			json_decref(confusion);
 	}
 	json_object_set_new(doc, "seconds", json_real(seconds));
-	json_object_set_new(doc, "items_per_second", json_real(seconds > 0 ? (double)inf->count / seconds : 0));
+	json_object_set_new(doc, "items_per_second", json_real(seconds > 0 ? (double)inf->total / seconds : 0));
 	json_object_set_new(doc, "compute_items_per_second",
-			    json_real(inf->compute_seconds > 0 ? (double)inf->count / inf->compute_seconds : 0));
+			    json_real(inf->compute_seconds > 0 ? (double)inf->total / inf->compute_seconds : 0));
 	return doc;
 }
 
@@ -944,6 +1008,8 @@ static void infer_free(struct infer *inf)
 	ds_preprocess_free(inf->pp);
 	ds_model_free(inf->model);
 	ds_item_list_free(&inf->list);
+	ds_dst_reader_close(inf->reader);
+	free(inf->first_error);
 }
 
 static int check_options(const ds_infer_options *o, ds_error *err)
@@ -967,6 +1033,43 @@ static int check_options(const ds_infer_options *o, ds_error *err)
 	return 0;
 }
 
+/* One part: its batches through the pipeline, each run and written. */
+static int run_part(struct infer *inf, ds_progress *progress, ds_error *err)
+{
+	int rc = 0;
+
+	inf->batches = (inf->count + inf->B - 1) / inf->B;
+	if (inf->count > 0 && (rc = start_pipeline(inf, err)))
+		return rc;
+	for (int64_t b = 0; b < inf->batches && !rc; b++) {
+		int64_t n = batch_rows(inf, b);
+		ds_tensor *x;
+		double c0;
+
+		if ((rc = ds_plan_set_batch(inf->plan, n, err)))
+			break;
+		if (!(x = ds_plan_tensor(inf->plan, inf->model->input))) {
+			rc = ds_error_set(err, DS_ERR_RUN, "plan", "the plan has no input '%s'", inf->model->input);
+			break;
+		}
+		take_batch(inf, b, x);
+		c0 = now_seconds();
+		if ((rc = ds_plan_forward(inf->plan, 0, (uint64_t)(inf->total / inf->B + b), err)))
+			break;
+		inf->compute_seconds += now_seconds() - c0;
+		rc = emit_batch(inf, b, err);
+		ds_progress_update(progress, (uint64_t)(inf->total + b * inf->B + n));
+		if (!rc && ds_cli_interrupted())
+			rc = ds_error_set(err, DS_ERR_INTERRUPTED, "interrupted", "interrupted: no output written");
+	}
+	stop_pipeline(inf);
+	inf->total += inf->count;
+	/* A part's records reach a pipe's reader now, not when a buffer fills. */
+	if (!rc && inf->format != OUT_DST && !inf->listed_all && fflush(ds_writer_file(inf->writer)) == EOF)
+		rc = ds_error_errno(err, errno, inf->o->output ? inf->o->output : "stdout");
+	return rc;
+}
+
 int ds_infer_run(const ds_infer_options *o, json_t **out, ds_error *err)
 {
 	struct infer inf = { .o = o };
@@ -979,45 +1082,28 @@ int ds_infer_run(const ds_infer_options *o, json_t **out, ds_error *err)
 		return rc;
 	inf.B = o->batch > 0 ? o->batch : 64;
 	inf.max_bytes = o->source ? o->source->max_bytes : 0;
-	if ((rc = setup_model(&inf, err)) || (rc = list_inputs(&inf, err)) || (rc = check_packed(&inf, err)) ||
+	if ((rc = setup_model(&inf, err)) || (rc = list_part(&inf, err)) || (rc = check_packed(&inf, err)) ||
 	    (rc = map_labels(&inf, err)))
 		goto out;
-	if (inf.count > 0 && inf.count < inf.B)
+	if (inf.listed_all && inf.count > 0 && inf.count < inf.B)
 		inf.B = inf.count;   /* a plan no larger than the work */
-	inf.batches = (inf.count + inf.B - 1) / inf.B;
 	if ((rc = setup_plan(&inf, err)) || (rc = open_output(&inf, err)))
 		goto out;
 	if (inf.format == OUT_DST && (rc = frame_setup(&inf, err)))
 		goto out;
 	if (o->cli)
-		ds_log_verbose(o->cli, "%" PRId64 " items in %" PRId64 " batches of %" PRId64 ", %zu bytes of activations",
-			       inf.count, inf.batches, inf.B, ds_plan_arena_bytes(inf.plan));
-	if (inf.count > 0 && (rc = start_pipeline(&inf, err)))
-		goto out;
-	progress = o->cli ? ds_progress_start(o->cli, "inferring", (uint64_t)inf.count, "items") : NULL;
-	for (int64_t b = 0; b < inf.batches && !rc; b++) {
-		int64_t n = batch_rows(&inf, b);
-		ds_tensor *x;
-		double c0;
-
-		if ((rc = ds_plan_set_batch(inf.plan, n, err)))
+		ds_log_verbose(o->cli, "batches of %" PRId64 ", %zu bytes of activations%s", inf.B,
+			       ds_plan_arena_bytes(inf.plan), inf.listed_all ? "" : "; packed streams read a part at a time");
+	/* The total is known when everything was listed at once. */
+	progress = o->cli ? ds_progress_start(o->cli, "inferring", inf.listed_all ? (uint64_t)inf.count : 0, "items")
+			  : NULL;
+	rc = run_part(&inf, progress, err);
+	while (!rc && !inf.listed_all) {
+		if ((rc = list_part(&inf, err)) || (rc = check_packed(&inf, err)) || (rc = map_labels(&inf, err)))
 			break;
-		if (!(x = ds_plan_tensor(inf.plan, inf.model->input))) {
-			rc = ds_error_set(err, DS_ERR_RUN, "plan", "the plan has no input '%s'", inf.model->input);
-			break;
-		}
-		take_batch(&inf, b, x);
-		c0 = now_seconds();
-		if ((rc = ds_plan_forward(inf.plan, 0, (uint64_t)b, err)))
-			break;
-		inf.compute_seconds += now_seconds() - c0;
-		rc = emit_batch(&inf, b, err);
-		ds_progress_update(progress, (uint64_t)(b * inf.B + n));
-		if (!rc && ds_cli_interrupted())
-			rc = ds_error_set(err, DS_ERR_INTERRUPTED, "interrupted", "interrupted: no output written");
+		rc = run_part(&inf, progress, err);
 	}
 	ds_progress_end(progress);
-	stop_pipeline(&inf);
 	if (!rc && inf.printer) {
 		rc = ds_printer_free(inf.printer, err);
 		inf.printer = NULL;
@@ -1036,13 +1122,10 @@ int ds_infer_run(const ds_infer_options *o, json_t **out, ds_error *err)
 	if (!rc && inf.unknown && o->cli)
 		ds_log_warn(o->cli, "%" PRId64 " items have a label the model does not know: not counted in the accuracy",
 			    inf.unknown);
-	if (!rc && inf.errors) {
-		const ds_item *it = inf.list.items[inf.first_error];
-
+	if (!rc && inf.errors)
 		rc = ds_error_set(err, DS_ERR_DATA, "item_errors",
 				  "%" PRId64 " of %" PRId64 " items could not be read or decoded (the records say why; first: %s)",
-				  inf.errors, inf.count, it->id);
-	}
+				  inf.errors, inf.total, inf.first_error);
 out:
 	infer_free(&inf);
 	return rc;

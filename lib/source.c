@@ -262,23 +262,62 @@ out:
 	return rc;
 }
 
-static int dst_list(const char *path, ds_item_list *list, ds_error *err)
+struct ds_dst_reader {
+	ds_stream *s;
+	const char *name;            /* for messages and item ids */
+};
+
+int ds_dst_reader_open(const char *path, ds_dst_reader **out, ds_error *err)
 {
-	const char *name = strcmp(path, "-") == 0 ? "stdin" : path;
-	ds_container *c = NULL;
-	ds_stream *s = NULL;
+	ds_dst_reader *r = ds_calloc(1, sizeof *r, err);
 	int rc;
 
-	rc = ds_stream_open(path, 0, &s, err);
-	while (!rc) {
-		rc = ds_stream_read(s, &c, err);
-		if (rc || !c)
-			break;
-		rc = frame_items(c, name, ds_stream_frames(s) - 1, list, err);
-		ds_container_free(c);
-		c = NULL;
+	*out = NULL;
+	if (!r)
+		return DS_ERR_NOMEM;
+	r->name = strcmp(path, "-") == 0 ? "stdin" : path;
+	if ((rc = ds_stream_open(path, 0, &r->s, err))) {
+		free(r);
+		return rc;
 	}
-	ds_stream_close(s);
+	*out = r;
+	return 0;
+}
+
+int ds_dst_reader_next(ds_dst_reader *r, ds_item_list *list, int *done, ds_error *err)
+{
+	ds_container *c = NULL;
+	int rc;
+
+	*done = 0;
+	if ((rc = ds_stream_read(r->s, &c, err)))
+		return rc;
+	if (!c) {
+		*done = 1;
+		return 0;
+	}
+	rc = frame_items(c, r->name, ds_stream_frames(r->s) - 1, list, err);
+	ds_container_free(c);
+	return rc;
+}
+
+void ds_dst_reader_close(ds_dst_reader *r)
+{
+	if (!r)
+		return;
+	ds_stream_close(r->s);
+	free(r);
+}
+
+static int dst_list(const char *path, ds_item_list *list, ds_error *err)
+{
+	ds_dst_reader *r = NULL;
+	int rc, done = 0;
+
+	rc = ds_dst_reader_open(path, &r, err);
+	while (!rc && !done)
+		rc = ds_dst_reader_next(r, list, &done, err);
+	ds_dst_reader_close(r);
 	return rc;
 }
 

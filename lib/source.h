@@ -42,6 +42,15 @@ int ds_idx_list(const ds_source_ctx *ctx, ds_item_list *list, ds_error *err);
 int ds_jsonl_list(const ds_source_ctx *ctx, ds_item_list *list, ds_error *err);
 int ds_fortune_list(const ds_source_ctx *ctx, ds_item_list *list, ds_error *err);
 
+/* A packed stream (.dst file or "-") read frame by frame: each call of
+ * ds_dst_reader_next appends the items of one frame, so a long stream or a
+ * pipe is never held whole; *done is set at its end.  A frame that cannot
+ * be read is status 3 or 5 naming the stream and the frame. */
+typedef struct ds_dst_reader ds_dst_reader;
+int ds_dst_reader_open(const char *path, ds_dst_reader **out, ds_error *err);
+int ds_dst_reader_next(ds_dst_reader *r, ds_item_list *list, int *done, ds_error *err);
+void ds_dst_reader_close(ds_dst_reader *r);
+
 /* 1 when buf looks like a fortune file: text with a line that is "%". */
 int ds_fortune_sniff(const char *buf, size_t len);
 

@@ -110,6 +110,51 @@ PY
 	[ "$(records "$T/list.jsonl" 'len(r)')" = 200 ]
 }
 
+@test "a stream read a part at a time gives what one read whole gives, shards and summary included" {
+	ds-clean -q "$D/idx/t-images-idx3-ubyte" --frame-items 16 -o "$T/f16.dst" --report /dev/null
+	ds-infer -q --model "$D/m.dsm" "$D/d.dst" > "$T/whole.jsonl"
+	# 1K of 784-byte items: two frames of 16 a part
+	ds-infer --format json --model "$D/m.dsm" --buffer-size 1K --batch 12 "$T/f16.dst" > "$T/parts.jsonl" 2> "$T/parts.json"
+	cmp "$T/whole.jsonl" "$T/parts.jsonl"
+	[ "$(json_eval "$T/parts.json" "d['items']")" = 200 ]
+	ds-infer --format json --model "$D/m.dsm" "$D/d.dst" 2> "$T/whole.json" > /dev/null
+	[ "$(json_eval "$T/parts.json" "d['top1_accuracy']")" = "$(json_eval "$T/whole.json" "d['top1_accuracy']")" ]
+	ds-infer -q --model "$D/m.dsm" --shard 2/3 "$D/d.dst" > "$T/s.jsonl"
+	ds-infer -q --model "$D/m.dsm" --shard 2/3 --buffer-size 1K "$T/f16.dst" > "$T/sp.jsonl"
+	cmp "$T/s.jsonl" "$T/sp.jsonl"
+	# a packed stream between other inputs keeps the input order
+	ds-infer -q --model "$D/m.dsm" "$D/png/3" "$T/f16.dst" "$D/png/4" > "$T/mixed.jsonl"
+	ds-infer -q --model "$D/m.dsm" --buffer-size 1K "$D/png/3" "$T/f16.dst" "$D/png/4" > "$T/mixedp.jsonl"
+	cmp "$T/mixed.jsonl" "$T/mixedp.jsonl"
+}
+
+@test "a pipe's first records come out while its producer is still writing" {
+	ds-clean -q "$D/idx/t-images-idx3-ubyte" --frame-items 100 -o "$T/f.dst" --report /dev/null
+	# Write the first frame, wait for a record, only then the second: a
+	# reader that waited for the end of its input would never answer.
+	"$PY" - "$T/f.dst" "$D/m.dsm" <<'PY'
+import json, select, struct, subprocess, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+head = json.loads(raw[8:8 + n])
+size = 8 + n + max(v["data_offsets"][1] for k, v in head.items() if k != "__metadata__")
+assert size < len(raw), "one frame only"
+p = subprocess.Popen(["ds-infer", "-q", "--model", sys.argv[2], "--buffer-size", "1K", "--batch", "10", "-"],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+p.stdin.write(raw[:size])
+p.stdin.flush()
+ready, _, _ = select.select([p.stdout], [], [], 60)
+assert ready, "no record before the end of the input"
+first = json.loads(p.stdout.readline())
+p.stdin.write(raw[size:])
+p.stdin.close()
+rest = p.stdout.read().decode().splitlines()
+assert p.wait() == 0
+assert len(rest) == 199, len(rest)
+assert first["item"].endswith("#0") or "prediction" in first, first
+PY
+}
+
 @test "csv records, dst frames of logits, probabilities and an intermediate tensor" {
 	ds-infer -q --model "$D/m.dsm" "$D/d.dst" --output-format csv --topk 2 -o "$T/r.csv"
 	[ "$(head -1 "$T/r.csv")" = "item,label,prediction,probability,top,error" ]
