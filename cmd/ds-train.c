@@ -36,6 +36,7 @@ static const ds_option options[] = {
 	{ "temperature", 0, DS_OPT_FLOAT, "T", "distillation temperature", NULL, "4" },
 	{ "distill-weight", 0, DS_OPT_FLOAT, "W", "weight of the distillation loss", NULL, "0.5" },
 	{ "sparsity", 0, DS_OPT_FLOAT, "L", "L1 penalty on batch-norm scales, to prepare for ds-prune (0: off)", NULL, "0" },
+	{ "qat", 0, DS_OPT_FLAG, NULL, "quantization-aware training: fold batch norm, fake-quantize what ds-quantize will quantize", NULL, NULL },
 	{ NULL, 0, 0, NULL, NULL, NULL, NULL }
 };
 
@@ -106,6 +107,7 @@ int main(int argc, char **argv)
 	o.temperature = ds_cli_float(cli, "temperature");
 	o.distill_weight = ds_cli_float(cli, "distill-weight");
 	o.sparsity = ds_cli_float(cli, "sparsity");
+	o.qat = ds_cli_flag(cli, "qat");
 	o.seed = (uint64_t)ds_cli_int(cli, "seed");
 	o.device = ds_cli_device(cli);
 	o.cli = cli;

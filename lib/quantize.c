@@ -14,7 +14,14 @@
  * entropy calibration); weights are symmetric per output channel.
  *
  * In the dynamic mode only the weights are quantized: qconv2d and qlinear
- * read F32 and quantize it per call over its own range, and write F32. */
+ * read F32 and quantize it per call over its own range, and write F32.
+ *
+ * Quantization-aware training (ds-train --qat) shares the analysis: the
+ * values it decides to quantize get a fake_quant node in the float graph,
+ * and the weights of every INT8 product one of their own, so that training
+ * sees the grid INT8 inference computes on.  Given such a model, this
+ * program takes each activation range from its fake_quant node instead of
+ * calibrating, and drops the nodes. */
 #include "config.h"
 
 #include <fnmatch.h>
@@ -65,6 +72,9 @@ struct qctx {
 	struct vstat *stats;
 	size_t n_stats;
 	int64_t calib_items;
+	int qat;                     /* analysing for ds-train --qat: dropout passes values through */
+	json_t *ranges;              /* value -> [lo, hi] learned by QAT, or NULL */
+	int ranges_used;             /* every range came from them: no calibration */
 };
 
 static int nomem(ds_error *err)
@@ -146,6 +156,10 @@ static enum role role_of(const struct qctx *q, const ds_node *n, const char **wh
 			*why = "its fused pooling has no INT8 form";
 			return R_FLOAT;
 		}
+		if (ds_node_input_count(n) > 3) {
+			*why = "its fused residual has no INT8 form";
+			return R_FLOAT;
+		}
 		return R_COMPUTE;
 	}
 	if (q->dynamic)
@@ -162,6 +176,10 @@ static enum role role_of(const struct qctx *q, const ds_node *n, const char **wh
 	}
 	if (!strcmp(op, "max_pool") || !strcmp(op, "global_avg_pool") || !strcmp(op, "flatten") ||
 	    !strcmp(op, "reshape"))
+		return R_PASS;
+	/* ds-quantize drops dropout before it looks; a training graph keeps it,
+	 * and the values it carries are those of its input at inference. */
+	if (q->qat && !strcmp(op, "dropout"))
 		return R_PASS;
 	*why = ds_op_find(op) ? "no INT8 form" : "unknown op: passed through untouched";
 	return R_FLOAT;
@@ -475,6 +493,30 @@ static void choose_range(const struct qctx *q, struct vstat *s)
 	ds_qparams_choose((float)s->qlo, (float)s->qhi, &s->scale, &s->zp);
 }
 
+static void take_range(struct vstat *s, const json_t *r)
+{
+	s->lo = s->qlo = json_number_value(json_array_get(r, 0));
+	s->hi = s->qhi = json_number_value(json_array_get(r, 1));
+	ds_qparams_choose((float)s->qlo, (float)s->qhi, &s->scale, &s->zp);
+}
+
+/* The ranges a QAT model learned, where it has them; the name of the first
+ * value without one, or NULL when all have. */
+static const char *apply_ranges(struct qctx *q)
+{
+	const char *missing = NULL;
+
+	for (size_t i = 0; i < q->n_stats && q->ranges; i++) {
+		const json_t *r = json_object_get(q->ranges, q->stats[i].name);
+
+		if (r)
+			take_range(&q->stats[i], r);
+		else if (!missing)
+			missing = q->stats[i].name;
+	}
+	return missing;
+}
+
 static int calibrate(struct qctx *q, ds_error *err)
 {
 	ds_dataset *d = NULL;
@@ -487,6 +529,18 @@ static int calibrate(struct qctx *q, ds_error *err)
 
 	if (!q->n_stats)
 		return 0;
+	if (q->ranges) {
+		const char *missing = apply_ranges(q);
+
+		if (!missing) {
+			q->ranges_used = 1;
+			return 0;
+		}
+		if (!q->o->calib)
+			return ds_error_set(err, DS_ERR_USAGE, "usage",
+					    "value '%s' has no range learned by quantization-aware training: "
+					    "give --calib DATA", missing);
+	}
 	if (!q->o->calib)
 		return ds_error_set(err, DS_ERR_USAGE, "usage",
 				    "static quantization needs calibration data: --calib DATA (or --mode dynamic)");
@@ -517,6 +571,8 @@ static int calibrate(struct qctx *q, ds_error *err)
 	}
 	for (size_t i = 0; i < q->n_stats; i++)
 		choose_range(q, &q->stats[i]);
+	/* Learned ranges win over calibrated ones. */
+	apply_ranges(q);
 out:
 	ds_plan_free(p);
 	ds_dataset_free(d);
@@ -844,18 +900,356 @@ static int check_weights(const ds_container *c, ds_error *err)
 	return 0;
 }
 
+/* ------------------------------------------------------------------ QAT */
+
+/* ds-optimize's passes other than those kept, as its disable list: passes
+ * added later stay off until someone decides they suit quantization. */
+static char *passes_except(const char *const *keep, ds_error *err)
+{
+	json_t *doc = ds_optimize_pass_table(), *rows = json_object_get(doc, "passes");
+	size_t len = 1, i;
+	char *list = NULL;
+	const json_t *row;
+
+	if (!json_is_array(rows))
+		goto nomem;
+	json_array_foreach(rows, i, row)
+		len += strlen(json_string_value(json_object_get(row, "pass"))) + 1;
+	if (!(list = ds_calloc(len, 1, err)))
+		goto out;
+	json_array_foreach(rows, i, row) {
+		const char *name = json_string_value(json_object_get(row, "pass"));
+		int kept = 0;
+
+		for (size_t k = 0; keep[k]; k++)
+			kept |= !strcmp(keep[k], name);
+		if (kept)
+			continue;
+		if (*list)
+			strcat(list, ",");
+		strcat(list, name);
+	}
+	goto out;
+nomem:
+	nomem(err);
+out:
+	json_decref(doc);
+	return list;
+}
+
+/* An op of a quantized model: such a graph has nothing left to train. */
+static int int8_op(const char *op)
+{
+	static const char *const ops[] = { "quantize", "dequantize", "qconv2d", "qlinear", "qmax_pool",
+					   "qglobal_avg_pool", "qadd", NULL };
+
+	for (size_t i = 0; ops[i]; i++)
+		if (!strcmp(op, ops[i]))
+			return 1;
+	return 0;
+}
+
+/* Remove the fake_quant nodes of one kind (weights: one input; activations:
+ * two) from the model's graph, their readers reading what they read; the
+ * activation ones leave their range in ranges under the value they read. */
+static int strip_fake_quant(ds_container *model, int activations, json_t *ranges, int *count, ds_error *err)
+{
+	json_t *graph = NULL, *before = NULL;
+	char *in = NULL, *out = NULL;
+	int rc;
+
+	if ((rc = ds_container_meta_json(model, "ds.graph", &graph, err)) || !graph)
+		return rc;
+	if (!(before = json_deep_copy(graph))) {
+		rc = nomem(err);
+		goto out;
+	}
+	for (size_t i = 0; i < ds_edit_node_count(graph);) {
+		json_t *node = ds_edit_node(graph, i);
+		size_t n_in = ds_edit_input_count(node);
+
+		if (strcmp(ds_edit_node_op(node), "fake_quant") != 0 || n_in < 1 || (n_in > 1) != activations) {
+			i++;
+			continue;
+		}
+		if (activations) {
+			const ds_tensor *r = ds_container_get(model, ds_edit_input(node, 1));
+			const float *v = r ? r->data : NULL;
+
+			if (!r || r->dtype != DS_F32 || ds_tensor_numel(r) != 2 || !isfinite(v[0]) || !isfinite(v[1])) {
+				rc = ds_error_set(err, DS_ERR_DATA, "bad_range",
+						  "fake_quant '%s': its range is not a finite F32 [2] parameter",
+						  ds_edit_node_name(node));
+				goto out;
+			}
+			if (json_object_set_new(ranges, ds_edit_input(node, 0), json_pack("[f, f]", (double)v[0], (double)v[1]))) {
+				rc = nomem(err);
+				goto out;
+			}
+		}
+		/* Copies: removing the node frees its strings. */
+		if (!(in = ds_strdup(ds_edit_input(node, 0), err)) || !(out = ds_strdup(ds_edit_output(node, 0), err))) {
+			rc = DS_ERR_NOMEM;
+			goto out;
+		}
+		ds_edit_remove_node(graph, i);
+		if ((rc = ds_edit_replace_uses(graph, out, in, err)))
+			goto out;
+		free(in);
+		free(out);
+		in = out = NULL;
+		(*count)++;
+	}
+	ds_edit_drop_unused_params(graph, before, model);
+	rc = ds_container_meta_set_json(model, "ds.graph", graph, err);
+out:
+	free(in);
+	free(out);
+	json_decref(graph);
+	json_decref(before);
+	return rc;
+}
+
+struct prepare {
+	struct qctx *q;
+	json_t *nodes;               /* the new node list */
+	json_t *renames;             /* value -> its fake_quant output */
+	json_t *weights;             /* weight parameter -> its fake_quant output */
+	int n_act, n_weight;
+};
+
+/* A fake_quant node reading value, appended; an activation gets a range
+ * parameter of its own, [0, 0] until training's first batch sets it. */
+static int add_fake_quant(struct prepare *pr, const char *value, int activation, ds_error *err)
+{
+	struct qctx *q = pr->q;
+	char base[512], *name = NULL, *range = NULL;
+	ds_tensor *r = NULL;
+	int64_t two = 2;
+	json_t *node = NULL;
+	int rc = 0;
+
+	snprintf(base, sizeof base, "%s.fq", value);
+	if (!(name = ds_edit_unique_name(q->graph, q->model, base, err))) {
+		rc = DS_ERR_NOMEM;
+		goto out;
+	}
+	if (activation) {
+		snprintf(base, sizeof base, "%s.qat_range", value);
+		if (!(range = ds_edit_unique_name(q->graph, q->model, base, err)) ||
+		    !(r = ds_tensor_new(DS_F32, 1, &two, DS_CPU, err))) {
+			rc = DS_ERR_NOMEM;
+			goto out;
+		}
+		memset(r->data, 0, ds_tensor_nbytes(r));
+		if ((rc = ds_container_add(q->model, range, r, err)))
+			goto out;
+		node = json_pack("{s:s, s:s, s:[s, s], s:[s]}", "op", "fake_quant", "name", name, "inputs", value, range,
+				 "outputs", name);
+	} else {
+		node = json_pack("{s:s, s:s, s:[s], s:[s]}", "op", "fake_quant", "name", name, "inputs", value, "outputs",
+				 name);
+	}
+	if (!node || json_array_append_new(pr->nodes, node) ||
+	    json_object_set_new(activation ? pr->renames : pr->weights, value, json_string(name))) {
+		rc = nomem(err);
+		goto out;
+	}
+	if (activation)
+		pr->n_act++;
+	else
+		pr->n_weight++;
+out:
+	free(name);
+	free(range);
+	ds_tensor_unref(r);
+	return rc;
+}
+
+/* The float graph again, with fake_quant where ds-quantize would put U8
+ * values and I8 weights. */
+static int insert_fake_quant(struct prepare *pr, ds_error *err)
+{
+	struct qctx *q = pr->q;
+	const json_t *ins = json_object_get(q->graph, "inputs");
+	int rc;
+
+	for (size_t j = 0; j < json_array_size(ins); j++) {
+		const char *v = json_string_value(json_object_get(json_array_get(ins, j), "name"));
+
+		if (v && stat_of(q, v) && (rc = add_fake_quant(pr, v, 1, err)))
+			return rc;
+	}
+	for (size_t i = 0; i < q->n; i++) {
+		const struct qnode *qn = &q->nodes[i];
+		json_t *node = json_deep_copy(json_node_named(q->graph, ds_node_name(qn->n)));
+		json_t *inputs = json_object_get(node, "inputs");
+
+		if (!node)
+			return nomem(err);
+		if (qn->int8 && qn->role == R_COMPUTE) {
+			const char *w = ds_node_input(qn->n, 1);
+
+			if (!json_object_get(pr->weights, w) && (rc = add_fake_quant(pr, w, 0, err))) {
+				json_decref(node);
+				return rc;
+			}
+			json_array_set(inputs, 1, json_object_get(pr->weights, w));
+		}
+		for (size_t j = 0; j < json_array_size(inputs); j++) {
+			const json_t *to = json_object_get(pr->renames, json_string_value(json_array_get(inputs, j)));
+
+			if (to && !(qn->int8 && qn->role == R_COMPUTE && j == 1))
+				json_array_set(inputs, j, (json_t *)to);
+		}
+		if (json_array_append_new(pr->nodes, node))
+			return nomem(err);
+		for (size_t j = 0; j < ds_node_output_count(qn->n); j++)
+			if (stat_of(q, ds_node_output(qn->n, j)) &&
+			    (rc = add_fake_quant(pr, ds_node_output(qn->n, j), 1, err)))
+				return rc;
+	}
+	return 0;
+}
+
+int ds_quantize_prepare_qat(ds_container *model, const ds_cli *cli, json_t **report, ds_error *err)
+{
+	ds_quantize_options o = { .cli = cli };
+	struct qctx q = { .model = model, .o = &o, .qat = 1 };
+	struct prepare pr = { .q = &q };
+	/* Batch norm folded as ds-quantize folds it and nothing else: training
+	 * refuses fused nodes, and dropout stays for training. */
+	static const char *const keep[] = { "fold-batchnorm", NULL };
+	ds_optimize_options oo = { .target = "cpu", .level = 2, .batch = 64, .cli = cli };
+	char *disable = NULL;
+	json_t *opt_report = NULL, *graph = NULL, *newgraph = NULL;
+	const char *fmt = ds_container_meta_get(model, "ds.format");
+	char *text = NULL;
+	ds_graph *check = NULL;
+	int rc, n_int8 = 0, n_fq = 0;
+
+	*report = NULL;
+	if (fmt && strcmp(fmt, DS_FORMAT_MODEL) != 0)
+		return ds_error_set(err, DS_ERR_DATA, "not_model", "ds.format is '%s', not a model (%s)", fmt,
+				    DS_FORMAT_MODEL);
+	for (size_t i = 0; i < ds_container_count(model); i++)
+		if (ds_container_tensor(model, i)->dtype == DS_I8)
+			return ds_error_set(err, DS_ERR_DATA, "already_quantized",
+					    "tensor '%s' is I8: the model is already quantized; --qat needs the float model",
+					    ds_container_name(model, i));
+	if ((rc = ds_container_meta_json(model, "ds.graph", &graph, err)))
+		return rc;
+	for (size_t i = 0; i < ds_edit_node_count(graph); i++) {
+		const char *op = ds_edit_node_op(ds_edit_node(graph, i));
+
+		if (int8_op(op)) {
+			rc = ds_error_set(err, DS_ERR_DATA, "already_quantized",
+					  "node '%s' is %s: the model is already quantized; --qat needs the float model",
+					  ds_edit_node_name(ds_edit_node(graph, i)), op);
+			goto out;
+		}
+		n_fq += !strcmp(op, "fake_quant");
+	}
+	/* A QAT model trains on as it is (a resumed or second QAT run). */
+	if (n_fq) {
+		*report = json_pack("{s:b, s:i}", "prepared", 0, "fake_quant_nodes", n_fq);
+		rc = *report ? 0 : nomem(err);
+		goto out;
+	}
+	if (!(disable = passes_except(keep, err))) {
+		rc = DS_ERR_NOMEM;
+		goto out;
+	}
+	oo.disable = disable;
+	if ((rc = check_weights(model, err)) || (rc = ds_optimize_model(model, &oo, &opt_report, err)))
+		goto out;
+	if ((rc = ds_container_meta_json(model, "ds.graph", &q.graph, err)) ||
+	    (rc = ds_graph_from_model(model, &q.g, err)))
+		goto out;
+	q.n = ds_graph_node_count(q.g);
+	if (!(q.nodes = ds_calloc(q.n + 1, sizeof *q.nodes, err))) {
+		rc = DS_ERR_NOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < q.n; i++) {
+		const json_t *attrs = ds_node_attrs(ds_graph_node(q.g, i));
+
+		if (json_object_get(attrs, "activation") || json_object_get(attrs, "pool")) {
+			rc = ds_error_set(err, DS_ERR_DATA, "fused_model",
+					  "node '%s' has a fused %s: --qat needs the model before ds-optimize",
+					  ds_node_name(ds_graph_node(q.g, i)),
+					  json_object_get(attrs, "activation") ? "activation" : "pooling");
+			goto out;
+		}
+	}
+	analyse(&q);
+	for (size_t i = 0; i < q.n; i++)
+		n_int8 += q.nodes[i].int8 && q.nodes[i].role == R_COMPUTE;
+	if (!n_int8) {
+		rc = ds_error_set(err, DS_ERR_DATA, "nothing_to_quantize",
+				  "no convolution or linear layer with F32 weights: nothing for --qat to quantize");
+		goto out;
+	}
+	if ((rc = list_stats(&q, err)))
+		goto out;
+	if (!(newgraph = json_deep_copy(q.graph)) || !(pr.nodes = json_array()) || !(pr.renames = json_object()) ||
+	    !(pr.weights = json_object()) || json_object_set(newgraph, "nodes", pr.nodes)) {
+		rc = nomem(err);
+		goto out;
+	}
+	if ((rc = insert_fake_quant(&pr, err)))
+		goto out;
+	if (!(text = json_dumps(newgraph, JSON_COMPACT))) {
+		rc = nomem(err);
+		goto out;
+	}
+	if ((rc = ds_graph_parse(text, model, &check, err))) {
+		ds_error_prefix(err, "QAT graph");
+		rc = DS_ERR_RUN;
+		goto out;
+	}
+	if ((rc = ds_container_meta_set_json(model, "ds.graph", newgraph, err)))
+		goto out;
+	ds_log_verbose(cli, "qat: %d INT8 layers, %d activation and %d weight fake_quant nodes", n_int8, pr.n_act,
+		       pr.n_weight);
+	*report = json_pack("{s:b, s:i, s:i, s:i}", "prepared", 1, "int8_layers", n_int8, "fake_quant_activations",
+			    pr.n_act, "fake_quant_weights", pr.n_weight);
+	if (!*report)
+		rc = nomem(err);
+out:
+	free(q.stats);
+	free(q.nodes);
+	free(text);
+	ds_graph_free(check);
+	ds_graph_free(q.g);
+	json_decref(q.graph);
+	json_decref(graph);
+	json_decref(newgraph);
+	json_decref(pr.nodes);
+	json_decref(pr.renames);
+	json_decref(pr.weights);
+	json_decref(opt_report);
+	free(disable);
+	return rc;
+}
+
 int ds_quantize_model(ds_container *model, const ds_quantize_options *o, json_t **report, ds_error *err)
 {
 	static const char *const methods[] = { "minmax", "percentile", "entropy" };
 	struct qctx q = { .model = model, .o = o };
-	/* Pooling stays a node of its own: qmax_pool keeps the chain in U8. */
-	ds_optimize_options oo = { .target = "cpu", .level = 2, .disable = "fuse-pool", .batch = 64, .cli = o->cli };
+	/* The exact passes whose output the analysis knows.  Pooling and
+	 * residual additions stay nodes of their own (qmax_pool and qadd keep
+	 * the chain in U8), and passes unknown here stay off. */
+	static const char *const keep[] = { "drop-dropout", "drop-identity", "constant-fold", "fold-batchnorm",
+					    "gap-linear", "fuse-activation", "dead-nodes", NULL };
+	ds_optimize_options oo = { .target = "cpu", .level = 2, .batch = 64, .cli = o->cli };
+	char *disable = NULL;
 	json_t *opt_report = NULL, *before = NULL, *newgraph = NULL, *layers = NULL, *acts = NULL, *figures = NULL;
 	const char *method = o->method ? o->method : "percentile", *mode = o->mode ? o->mode : "static", *fmt;
 	char *text = NULL;
 	ds_graph *check = NULL;
 	json_int_t bytes_before = total_bytes(model);
-	int rc, n_int8 = 0, n_float = 0;
+	int rc, n_int8 = 0, n_float = 0, n_fq = 0;
 
 	*report = NULL;
 	if (strcmp(mode, "static") != 0 && strcmp(mode, "dynamic") != 0)
@@ -880,8 +1274,26 @@ int ds_quantize_model(ds_container *model, const ds_quantize_options *o, json_t 
 					    "tensor '%s' is I8: the model is already quantized",
 					    ds_container_name(model, i));
 	before = tensor_rows(model);
-	if ((rc = ds_optimize_model(model, &oo, &opt_report, err)))
+	if (!(disable = passes_except(keep, err))) {
+		rc = DS_ERR_NOMEM;
 		goto out;
+	}
+	oo.disable = disable;
+	/* A QAT model: its weight fake_quant nodes go before folding, which
+	 * would take them for constants; the activation ones after, so that
+	 * their ranges are found under the names the analysis will see. */
+	if (!(q.ranges = json_object())) {
+		rc = nomem(err);
+		goto out;
+	}
+	if ((rc = strip_fake_quant(model, 0, NULL, &n_fq, err)) ||
+	    (rc = ds_optimize_model(model, &oo, &opt_report, err)) ||
+	    (rc = strip_fake_quant(model, 1, q.ranges, &n_fq, err)))
+		goto out;
+	if (!json_object_size(q.ranges) || q.dynamic) {
+		json_decref(q.ranges);
+		q.ranges = NULL;
+	}
 	if ((rc = ds_container_meta_json(model, "ds.graph", &q.graph, err)) ||
 	    (rc = ds_graph_from_model(model, &q.g, err)))
 		goto out;
@@ -944,13 +1356,15 @@ int ds_quantize_model(ds_container *model, const ds_quantize_options *o, json_t 
 	if ((rc = ds_container_meta_set_json(model, "ds.graph", newgraph, err)))
 		goto out;
 	figures = json_pack("{s:s, s:s, s:I, s:i, s:i, s:I, s:I, s:f}", "mode", mode, "method",
-			    q.dynamic ? "-" : method, "calib_items", (json_int_t)q.calib_items, "int8_nodes", n_int8,
+			    q.dynamic ? "-" : q.ranges_used ? "qat" : method, "calib_items", (json_int_t)q.calib_items, "int8_nodes", n_int8,
 			    "float_nodes", n_float, "bytes_before", bytes_before, "bytes_after", total_bytes(model),
 			    "size_ratio", bytes_before ? (double)total_bytes(model) / (double)bytes_before : 1.0);
 	if (!figures) {
 		rc = nomem(err);
 		goto out;
 	}
+	if (n_fq)
+		json_object_set_new(figures, "qat_ranges", json_integer((json_int_t)json_object_size(q.ranges)));
 	{
 		json_t *after = tensor_rows(model);
 
@@ -969,9 +1383,11 @@ out:
 	ds_graph_free(check);
 	ds_graph_free(q.g);
 	json_decref(q.graph);
+	json_decref(q.ranges);
 	json_decref(newgraph);
 	json_decref(opt_report);
 	json_decref(before);
+	free(disable);
 	json_decref(layers);
 	json_decref(acts);
 	json_decref(figures);

@@ -239,3 +239,77 @@ assert any('pool' in x.get('attrs', {}) for x in g['nodes'] if x['op'] == 'conv2
 	ds-quantize -q --calib "$D/train.dst" --calib-count 64 -o "$T/q2.dsm" "$D/cnn-small.dsm"
 	[[ "$(ops "$T/q2.dsm")" == *qmax_pool* ]]
 }
+
+# Quantization-aware training: ds-train --qat fine-tunes through fake_quant
+# nodes on exactly the values ds-quantize quantizes, and ds-quantize turns
+# the result into INT8 with the learned ranges, no calibration.
+@test "ds-train --qat, then ds-quantize without --calib: INT8 agrees with the QAT model, and is as good as PTQ" {
+	fmnist
+	need ds-infer
+	for arch in cnn-bn mobilenet-s; do
+		ds-train -q --data "$D/train.dst" --finetune "$D/$arch.dsm" --qat --epochs 1 -o "$T/$arch.qat.dsm"
+		[[ "$(ops "$T/$arch.qat.dsm")" == *fake_quant* && "$(ops "$T/$arch.qat.dsm")" != *batchnorm* ]]
+		ds-info --format json "$T/$arch.qat.dsm" > "$T/i.json"
+		[ "$(json_eval "$T/i.json" "'--qat' in d['history'][-1]['args'] and d['history'][-1]['figures']['qat']")" = True ]
+		# The QAT model runs as it is: simulated INT8.
+		ds-infer -q --model "$T/$arch.qat.dsm" "$D/test.dst" > "$T/p.jsonl"
+		[ -s "$T/p.jsonl" ]
+		run --separate-stderr ds-quantize --compare "$D/test.dst" --format json -o "$T/$arch.int8.dsm" "$T/$arch.qat.dsm"
+		[ "$status" -eq 0 ] || { echo "$arch: $stderr"; false; }
+		echo "$stderr" > "$T/qat.json"
+		[ "$(json_eval "$T/qat.json" "d['figures']['method']")" = qat ]
+		[ "$(json_eval "$T/qat.json" "d['figures']['calib_items']")" = 0 ]
+		[ "$(json_eval "$T/qat.json" "d['figures']['float_nodes']")" = 0 ]
+		[[ "$(ops "$T/$arch.int8.dsm")" != *fake_quant* && "$(ops "$T/$arch.int8.dsm")" == *qconv2d* ]]
+		# Both compute on one grid: agreement is near total.
+		[ "$(json_eval "$T/qat.json" "d['compare']['top1_agreement'] >= 0.99")" = True ] ||
+			{ echo "$arch: $(cat "$T/qat.json")"; false; }
+		ds-quantize --calib "$D/train.dst" --compare "$D/test.dst" --format json -o "$T/$arch.ptq.dsm" \
+			"$D/$arch.dsm" 2> "$T/ptq.json"
+		echo "$arch: QAT INT8 $(json_eval "$T/qat.json" "d['compare']['accuracy_int8']")" \
+			"PTQ INT8 $(json_eval "$T/ptq.json" "d['compare']['accuracy_int8']")"
+		[ "$(json_eval "$T/qat.json" "d['compare']['accuracy_int8'] >= $(json_eval "$T/ptq.json" "d['compare']['accuracy_int8']") - 0.02")" = True ]
+	done
+	# A QAT model trains on as it is: no second set of fake_quant nodes.
+	ds-train -q --data "$D/train.dst" --finetune "$T/cnn-bn.qat.dsm" --qat --epochs 1 -o "$T/again.dsm"
+	ds-info --format json "$T/cnn-bn.qat.dsm" > "$T/a.json"
+	ds-info --format json "$T/again.dsm" > "$T/b.json"
+	[ "$(json_eval "$T/a.json" "[o['nodes'] for o in d['ops'] if o['op'] == 'fake_quant']")" = \
+		"$(json_eval "$T/b.json" "[o['nodes'] for o in d['ops'] if o['op'] == 'fake_quant']")" ]
+}
+
+@test "ds-train --qat refuses quantized, fused and unquantizable models with status 3 and writes nothing" {
+	need ds-optimize
+	ds-quantize -q --calib "$D/train.dst" --calib-count 64 -o "$T/q.dsm" "$D/cnn-small.dsm"
+	run --separate-stderr ds-train --data "$D/train.dst" --finetune "$T/q.dsm" --qat --epochs 1 -o "$T/x.dsm"
+	[ "$status" -eq 3 ] && [[ "$stderr" == *"already quantized"* ]] && [ ! -e "$T/x.dsm" ]
+	ds-optimize -q -o "$T/o.dsm" "$D/cnn-small.dsm"
+	run --separate-stderr ds-train --data "$D/train.dst" --finetune "$T/o.dsm" --qat --epochs 1 -o "$T/x.dsm"
+	[ "$status" -eq 3 ] && [[ "$stderr" == *"fused"* ]] && [ ! -e "$T/x.dsm" ]
+	# Every layer's weights made by a node: nothing for INT8.
+	ds-train -q --data "$D/train.dst" --arch mlp --epochs 0 -o "$T/mlp.dsm"
+	edit_model "$T/mlp.dsm" "
+for n in [x for x in g['nodes'] if x['op'] == 'linear']:
+    w = n['inputs'][1]
+    g['nodes'].insert(0, {'op': 'relu', 'name': w + '.r', 'inputs': [w], 'outputs': [w + '.r']})
+    n['inputs'][1] = w + '.r'
+" "$T/odd.dsm"
+	run --separate-stderr ds-train --data "$D/train.dst" --finetune "$T/odd.dsm" --qat --epochs 1 -o "$T/x.dsm"
+	[ "$status" -eq 3 ] && [[ "$stderr" == *"nothing"* ]] && [ ! -e "$T/x.dsm" ] || { echo "$stderr"; false; }
+}
+
+@test "a convolution with a residual ds-optimize fused in stays float; the model still quantizes and runs" {
+	need ds-optimize
+	need ds-infer
+	ds-optimize -q -o "$T/o.dsm" "$D/resnet-s.dsm"
+	edit_model "$T/o.dsm" "
+assert any(len(x['inputs']) > 3 for x in g['nodes'] if x['op'] == 'conv2d'), 'no fused residual'
+" "$T/check.dsm"
+	run --separate-stderr ds-quantize --calib "$D/train.dst" --calib-count 64 --dry-run --format json "$T/o.dsm"
+	[ "$status" -eq 0 ] || { echo "$stderr"; false; }
+	echo "$output" > "$T/d.json"
+	[[ "$(json_eval "$T/d.json" "[l['note'] for l in d['layers'] if l['as'] == 'float']")" == *"fused residual"* ]]
+	ds-quantize -q --calib "$D/train.dst" --calib-count 64 -o "$T/q.dsm" "$T/o.dsm"
+	ds-infer -q --model "$T/q.dsm" "$D/test.dst" > "$T/p.jsonl"
+	[ "$(wc -l < "$T/p.jsonl")" -eq "$(ds-infer -q --model "$T/o.dsm" "$D/test.dst" | wc -l)" ]
+}

@@ -2,7 +2,10 @@
  * dequantize between F32 and U8 codes, convolution and dense layers on I8
  * weights, and the ops that keep a chain of activations in U8 (max pooling,
  * global average pooling, residual addition).  Forward only: these ops
- * appear in models made for inference by ds-quantize.
+ * appear in models made for inference by ds-quantize.  One float op lives
+ * here too, fake_quant, for quantization-aware training (ds-train --qat): it
+ * rounds values to the grid these ops compute on and passes gradients
+ * straight through.
  *
  * An activation is U8 with a scale and zero point given as attributes of
  * the nodes that write and read it (x_scale, x_zero_point on the reader,
@@ -30,6 +33,7 @@ static const char *const qadd_attrs[] = {
 	"activation", "a_scale", "a_zero_point", "b_scale", "b_zero_point", "y_scale", "y_zero_point", NULL
 };
 static const char *const activations[] = { "none", "relu", "relu6", NULL };
+static const char *const fake_quant_attrs[] = { "momentum", NULL };
 
 #define SCALE_MIN 1e-30
 #define SCALE_MAX 1e30
@@ -406,6 +410,136 @@ static int qadd_forward_cpu(const ds_op_args *a, ds_error *err)
 	return 0;
 }
 
+/* ------------------------------------------------------------ fake_quant */
+
+/* fake_quant x -> x rounded to an INT8 grid, in F32.  With one input, x is
+ * a weight: I8 symmetric per output channel over [-127, 127], the scale
+ * amax / 127 of each row along axis 0, as ds-quantize makes it.  With two,
+ * x is an activation: U8 over range (F32 [2]: lo, hi), the scale and zero
+ * point from ds_qparams_choose as calibration gives them.  The range is
+ * state, like batch norm's running statistics: in training it follows the
+ * batch's min/max by an exponential moving average ("momentum"; the first
+ * batch sets it while it is [0, 0]), and at inference it is read only.
+ * Backward is the straight-through estimator: the gradient passes where x
+ * rounds inside the grid, and is zero where it clips. */
+
+#define FQ_CHUNK 4096
+
+static int fake_quant_infer(const ds_node *node, const ds_shape *in, int n_in, ds_shape *out, ds_error *err)
+{
+	double m;
+	int rc;
+
+	if ((rc = check_dtype(node, in, 0, DS_F32, err)) ||
+	    (rc = ds_op_attr_float(node, "momentum", 0.01, 0.0, 1.0, &m, err)))
+		return rc;
+	if (n_in > 1 && ((rc = check_dtype(node, in, 1, DS_F32, err)) || (rc = ds_op_check_vector(node, in, 1, 2, err))))
+		return rc;
+	if (n_in == 1 && (rc = ds_op_check_ndim(node, in, 0, 1, 8, err)))
+		return rc;
+	out[0] = in[0];
+	return 0;
+}
+
+static int64_t fake_quant_flops(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out)
+{
+	(void)node;
+	(void)in;
+	(void)n_in;
+	return ds_op_sat_mul(4, ds_op_numel(&out[0]));
+}
+
+/* The activation grid of the range as it stands, updated first from x when
+ * training. */
+static void fake_quant_grid(const ds_op_args *a, int update, float *scale, int32_t *zp)
+{
+	float *r = a->in[1]->data;
+
+	if (update) {
+		float m = (float)ds_node_attr_float(a->node, "momentum", 0.01), lo, hi;
+
+		ds_minmax_f32(ds_tensor_numel(a->in[0]), a->in[0]->data, &lo, &hi);
+		if (r[0] == 0.0f && r[1] == 0.0f) {
+			r[0] = lo;
+			r[1] = hi;
+		} else {
+			r[0] += m * (lo - r[0]);
+			r[1] += m * (hi - r[1]);
+		}
+	}
+	ds_qparams_choose(r[0], r[1], scale, zp);
+}
+
+static int fake_quant_forward_cpu(const ds_op_args *a, ds_error *err)
+{
+	const float *x = a->in[0]->data;
+	float *y = a->out[0]->data;
+	int64_t n = ds_tensor_numel(a->in[0]);
+
+	(void)err;
+	if (a->n_in == 1) {
+		int64_t outc = a->in[0]->shape[0], per = outc ? n / outc : 0;
+
+		for (int64_t o = 0; o < outc; o++) {
+			const float *src = x + o * per;
+			float amax = 0, s;
+
+			for (int64_t k = 0; k < per; k++)
+				amax = fmaxf(amax, fabsf(src[k]));
+			s = amax > 0 ? amax / 127.0f : 1.0f;
+			for (int64_t k = 0; k < per; k++) {
+				long v = lrintf(src[k] / s);
+
+				y[o * per + k] = (float)(v < -127 ? -127 : v > 127 ? 127 : v) * s;
+			}
+		}
+	} else {
+		uint8_t codes[FQ_CHUNK];
+		float s;
+		int32_t zp;
+
+		fake_quant_grid(a, a->training, &s, &zp);
+		/* Through the kernels INT8 inference runs, so that the grid and
+		 * the rounding are theirs exactly. */
+		for (int64_t i = 0; i < n; i += FQ_CHUNK) {
+			int64_t len = n - i < FQ_CHUNK ? n - i : FQ_CHUNK;
+
+			ds_quantize_f32(len, x + i, s, zp, codes);
+			ds_dequantize_u8(len, codes, s, zp, y + i);
+		}
+	}
+	return 0;
+}
+
+static int fake_quant_backward_cpu(const ds_op_args *a, ds_error *err)
+{
+	const float *x = a->in[0]->data, *g = a->grad_out[0]->data;
+	float *gx = a->grad_in[0] ? a->grad_in[0]->data : NULL;
+	int64_t n = ds_tensor_numel(a->in[0]);
+
+	(void)err;
+	if (!gx)
+		return 0;
+	if (a->n_in == 1) {
+		/* Symmetric per channel over the row's own maximum: nothing clips. */
+		for (int64_t i = 0; i < n; i++)
+			gx[i] += g[i];
+	} else {
+		float s, inv;
+		int32_t zp;
+
+		fake_quant_grid(a, 0, &s, &zp);
+		inv = 1.0f / s;
+		for (int64_t i = 0; i < n; i++) {
+			float q = x[i] * inv + (float)zp;
+
+			if (q >= -0.5f && q <= 255.5f)
+				gx[i] += g[i];
+		}
+	}
+	return 0;
+}
+
 #define CPU_FORWARD(fwd) .forward = { [DS_BACKEND_CPU] = fwd }
 
 const ds_op ds_ops_quant[] = {
@@ -425,5 +559,10 @@ const ds_op ds_ops_quant[] = {
 	  .infer = qglobal_avg_pool_infer, .flops = qglobal_avg_pool_flops, CPU_FORWARD(qglobal_avg_pool_forward_cpu) },
 	{ .name = "qadd", .min_inputs = 2, .max_inputs = 2, .num_outputs = 1, .attrs = qadd_attrs,
 	  .infer = qadd_infer, .flops = per_element_flops, CPU_FORWARD(qadd_forward_cpu) },
+	{ .name = "fake_quant", .min_inputs = 1, .max_inputs = 2, .num_outputs = 1, .attrs = fake_quant_attrs,
+	  .infer = fake_quant_infer, .flops = fake_quant_flops,
+	  .forward = { [DS_BACKEND_CPU] = fake_quant_forward_cpu },
+	  .backward = { [DS_BACKEND_CPU] = fake_quant_backward_cpu },
+	  .backward_needs = DS_NEEDS_IN(0) | DS_NEEDS_IN(1), .no_grad = 1u << 1 },
 	{ .name = NULL },
 };

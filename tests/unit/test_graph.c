@@ -631,7 +631,7 @@ static void test_errors(void)
 		    "too many inputs");
 	parse_fails("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,4]}],"
 		    "'nodes':[{'op':'linear','name':'fc','inputs':['x'],'outputs':['y']}],"
-		    "'outputs':['y']}", NULL, "bad_graph", "graph: node 'fc': op 'linear' takes 2 to 3 inputs, got 1",
+		    "'outputs':['y']}", NULL, "bad_graph", "graph: node 'fc': op 'linear' takes 2 to 4 inputs, got 1",
 		    "too few inputs");
 	parse_fails("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,4]}],"
 		    "'nodes':[{'op':'relu','name':'r','inputs':['x'],'outputs':['y','z']}],"
@@ -807,6 +807,21 @@ static void test_quant_ops(void)
 		is_int(ds_graph_shape(g, "d")->dtype, DS_F32, "dequantize: F32");
 		ds_graph_free(g);
 	}
+	/* fake_quant (ds-train --qat): the input's shape, in F32; a range of [2]. */
+	P(c, "r", 2);
+	P(c, "w", 8);
+	g = parse_ok("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,1,8,8]}],"
+		     "'nodes':[{'op':'fake_quant','name':'fq','inputs':['x','r'],'outputs':['y'],'attrs':{'momentum':0.1}},"
+		     "{'op':'fake_quant','name':'fw','inputs':['w'],'outputs':['v']}],"
+		     "'outputs':['y','v']}", c, "fake_quant");
+	if (g) {
+		is_str(shape_of(g, "y"), "[1, 1, 8, 8]", "fake_quant: the input's shape");
+		is_int(ds_graph_shape(g, "y")->dtype, DS_F32, "fake_quant: F32");
+		ds_graph_free(g);
+	}
+	parse_fails("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,1,8,8]}],"
+		    "'nodes':[{'op':'fake_quant','name':'fq','inputs':['x','cs'],'outputs':['y']}],"
+		    "'outputs':['y']}", c, "shape_mismatch", "cs", "fake_quant with a range of [8]");
 	parse_fails("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,1,8,8]}],"
 		    "'nodes':[{'op':'qmax_pool','name':'mp','inputs':['x'],'outputs':['m'],'attrs':{'kernel':2}}],"
 		    "'outputs':['m']}", c, "shape_mismatch", "expected U8", "qmax_pool on F32");
