@@ -288,7 +288,10 @@ static int fold_one(struct pass_ctx *c, size_t bn_index, int *folded, ds_error *
 		return 0;
 	prod = ds_edit_node(c->graph, (size_t)pi);
 	op = ds_edit_node_op(prod);
-	if ((strcmp(op, "conv2d") != 0 && strcmp(op, "linear") != 0) || json_object_get(json_object_get(prod, "attrs"), "activation"))
+	/* Not through an epilogue: bn(act(conv)) and bn(conv + r) do not
+	 * fold. */
+	if ((strcmp(op, "conv2d") != 0 && strcmp(op, "linear") != 0) ||
+	    json_object_get(json_object_get(prod, "attrs"), "activation") || ds_edit_input_count(prod) > 3)
 		return 0;
 	w = ds_container_get(c->params, ds_edit_input(prod, 1));
 	if (!w || w->dtype != DS_F32 || w->ndim < 2)
@@ -463,7 +466,7 @@ static int pass_fuse_pool(struct pass_ctx *c, ds_error *err)
 		attrs = json_object_get(prod, "attrs");
 		act = json_string_value(json_object_get(attrs, "activation"));
 		if (strcmp(ds_edit_node_op(prod), "conv2d") != 0 || !op_accepts("conv2d", "pool") ||
-		    json_object_get(attrs, "pool") || (json_object_get(attrs, "activation") && (!act || strcmp(act, "relu")))) {
+		    json_object_get(attrs, "pool") || ds_edit_input_count(prod) > 3 || (json_object_get(attrs, "activation") && (!act || strcmp(act, "relu")))) {
 			i++;
 			continue;
 		}
@@ -487,6 +490,244 @@ static int pass_fuse_pool(struct pass_ctx *c, ds_error *err)
 	return 0;
 }
 
+/* The graph document parsed, for its shapes. */
+static int parse_graph(const struct pass_ctx *c, ds_graph **g, ds_error *err)
+{
+	char *text = json_dumps(c->graph, JSON_COMPACT);
+	int rc;
+
+	*g = NULL;
+	if (!text)
+		return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+	rc = ds_graph_parse(text, c->params, g, err);
+	free(text);
+	return rc;
+}
+
+static int same_shape(const ds_shape *a, const ds_shape *b)
+{
+	return a && b && a->ndim == b->ndim && a->dtype == b->dtype &&
+	       !memcmp(a->dim, b->dim, (size_t)a->ndim * sizeof a->dim[0]);
+}
+
+/* May the add's operand v move into its producer's epilogue: a conv2d or
+ * linear layer that v alone comes out of, read only by the add, with no
+ * epilogue yet (act(conv) + r is not act(conv + r)).  The index of that
+ * producer, or -1. */
+static ssize_t residual_host(const struct pass_ctx *c, const char *v)
+{
+	ssize_t pi = ds_edit_producer(c->graph, v);
+	const json_t *prod, *attrs;
+	const char *op;
+
+	if (pi < 0 || ds_edit_uses(c->graph, v) != 1)
+		return -1;
+	prod = ds_edit_node(c->graph, (size_t)pi);
+	op = ds_edit_node_op(prod);
+	attrs = json_object_get(prod, "attrs");
+	if ((strcmp(op, "conv2d") != 0 && strcmp(op, "linear") != 0) || ds_edit_input_count(prod) < 2 ||
+	    ds_edit_input_count(prod) > 3 || json_array_size(json_object_get(prod, "outputs")) != 1 ||
+	    json_object_get(attrs, "activation") || json_object_get(attrs, "pool"))
+		return -1;
+	return pi;
+}
+
+/* add(y, r) where y comes out of a convolution or linear layer alone
+ * becomes that layer's fourth input: the kernel adds r after the bias
+ * while its output tile is in cache, and the add's pass over memory and
+ * its buffer go.  The sum is rounded as the add rounded it (the layer's
+ * output first, then + r), so the result is the same bit for bit.  A layer
+ * without a bias gets a zero one (the residual's slot is the fourth). */
+static int pass_fuse_add(struct pass_ctx *c, ds_error *err)
+{
+	for (size_t i = 0; i < ds_edit_node_count(c->graph);) {
+		json_t *add = ds_edit_node(c->graph, i), *prod;
+		const char *in[2];
+		const ds_shape *sy;
+		ds_graph *g = NULL;
+		ds_tensor *zero = NULL;
+		ssize_t host[2], pi;
+		size_t k;
+		char add_name[256], prod_name[256], res[256], base[300], *out = NULL, *bname = NULL;
+		int rc = 0;
+
+		if (strcmp(ds_edit_node_op(add), "add") != 0 || ds_edit_input_count(add) != 2 ||
+		    json_object_size(json_object_get(add, "attrs")) ||
+		    json_array_size(json_object_get(add, "outputs")) != 1) {
+			i++;
+			continue;
+		}
+		in[0] = ds_edit_input(add, 0);
+		in[1] = ds_edit_input(add, 1);
+		host[0] = strcmp(in[0], in[1]) ? residual_host(c, in[0]) : -1;
+		host[1] = strcmp(in[0], in[1]) ? residual_host(c, in[1]) : -1;
+		if (host[0] < 0 && host[1] < 0) {
+			i++;
+			continue;
+		}
+		/* No broadcasting: both operands are shaped like the sum. */
+		if ((rc = parse_graph(c, &g, err)))
+			return rc;
+		sy = ds_graph_shape(g, ds_edit_output(add, 0));
+		if (!same_shape(ds_graph_shape(g, in[0]), sy) || !same_shape(ds_graph_shape(g, in[1]), sy) ||
+		    sy->dtype != DS_F32) {
+			ds_graph_free(g);
+			i++;
+			continue;
+		}
+		/* The later producer, so that the residual is ready before it
+		 * in file order too (the parser sorts anyway). */
+		k = host[1] > host[0] ? 1 : 0;
+		pi = host[k];
+		prod = ds_edit_node(c->graph, (size_t)pi);
+		snprintf(add_name, sizeof add_name, "%s", ds_edit_node_name(add));
+		snprintf(prod_name, sizeof prod_name, "%s", ds_edit_node_name(prod));
+		snprintf(res, sizeof res, "%s", in[1 - k]);
+		if (!(out = ds_strdup(ds_edit_output(add, 0), err))) {
+			rc = DS_ERR_NOMEM;
+			goto next;
+		}
+		if (ds_edit_input_count(prod) == 2) {
+			int64_t outc = !strcmp(ds_edit_node_op(prod), "conv2d") ? sy->dim[1] : sy->dim[sy->ndim - 1];
+
+			snprintf(base, sizeof base, "%s.bias", prod_name);
+			if (!(zero = ds_tensor_new(DS_F32, 1, &outc, DS_CPU, err)) ||
+			    !(bname = ds_edit_unique_name(c->graph, c->params, base, err))) {
+				rc = DS_ERR_NOMEM;
+				goto next;
+			}
+			memset(zero->data, 0, (size_t)outc * sizeof(float));
+			if ((rc = ds_container_add(c->params, bname, zero, err)))
+				goto next;
+			if (json_array_append_new(json_object_get(prod, "inputs"), json_string(bname)))
+				goto nomem;
+		}
+		if (json_array_append_new(json_object_get(prod, "inputs"), json_string(res)) ||
+		    json_array_set_new(json_object_get(prod, "outputs"), 0, json_string(out)))
+			goto nomem;
+		ds_edit_remove_node(c->graph, i);
+		rc = note(c, err, "fuse-add: add '%s' into %s '%s' (residual '%s')", add_name,
+			  ds_edit_node_op(prod), prod_name, res);
+		goto next;
+	nomem:
+		rc = ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+	next:
+		ds_tensor_unref(zero);
+		free(bname);
+		free(out);
+		ds_graph_free(g);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* Index of the node whose input reads value, when exactly one does and
+ * value is no graph output; -1 otherwise. */
+static ssize_t only_reader(const json_t *graph, const char *value)
+{
+	if (ds_edit_uses(graph, value) != 1 || ds_edit_is_output(graph, value))
+		return -1;
+	for (size_t i = 0; i < ds_edit_node_count(graph); i++) {
+		const json_t *node = ds_edit_node(graph, i);
+
+		for (size_t j = 0; j < ds_edit_input_count(node); j++)
+			if (!strcmp(ds_edit_input(node, j), value))
+				return (ssize_t)i;
+	}
+	return -1;
+}
+
+/* A 1x1 convolution of a [N, C, 1, 1] tensor (what a global average pool
+ * leaves) that is flattened to [N, O] right after is a linear layer on the
+ * flattened input: flatten first, then linear with the weight seen as
+ * [O, C].  The flatten of [N, C, 1, 1] moves no data, and the small GEMM
+ * on [N, C] skips the convolution's per-image calls.  The products are the
+ * same; only the GEMM's order of summation may differ (rounding). */
+static int pass_gap_linear(struct pass_ctx *c, ds_error *err)
+{
+	for (size_t i = 0; i < ds_edit_node_count(c->graph); i++) {
+		json_t *conv = ds_edit_node(c->graph, i), *attrs = json_object_get(conv, "attrs"), *lin = NULL;
+		json_t *flat = NULL, *ins;
+		const ds_shape *sx, *sy, *sf;
+		const char *act;
+		ds_tensor *w, *w2 = NULL;
+		ds_graph *g = NULL;
+		ssize_t fi;
+		char conv_name[256], base[300], *flat_out = NULL, *fout = NULL;
+		int rc = 0;
+
+		if (strcmp(ds_edit_node_op(conv), "conv2d") != 0 || ds_edit_input_count(conv) > 3 ||
+		    json_object_get(attrs, "pool") || !pair_is(attrs, "padding", 0, 1) ||
+		    !pair_is(attrs, "groups", 1, 1) || json_array_size(json_object_get(conv, "outputs")) != 1 ||
+		    (fi = only_reader(c->graph, ds_edit_output(conv, 0))) < 0)
+			continue;
+		flat = ds_edit_node(c->graph, (size_t)fi);
+		if ((strcmp(ds_edit_node_op(flat), "flatten") != 0 && strcmp(ds_edit_node_op(flat), "reshape") != 0) ||
+		    ds_edit_input_count(flat) != 1)
+			continue;
+		w = ds_container_get(c->params, ds_edit_input(conv, 1));
+		if (!w || w->dtype != DS_F32 || w->ndim != 4 || w->shape[2] != 1 || w->shape[3] != 1)
+			continue;
+		if ((rc = parse_graph(c, &g, err)))
+			return rc;
+		sx = ds_graph_shape(g, ds_edit_input(conv, 0));
+		sy = ds_graph_shape(g, ds_edit_output(conv, 0));
+		sf = ds_graph_shape(g, ds_edit_output(flat, 0));
+		if (!sx || !sy || !sf || sx->ndim != 4 || sx->dim[2] != 1 || sx->dim[3] != 1 || sx->dtype != DS_F32 ||
+		    sf->ndim != 2 || sf->dim[0] != sy->dim[0] || sf->dim[1] != sy->dim[1]) {
+			ds_graph_free(g);
+			continue;
+		}
+		snprintf(conv_name, sizeof conv_name, "%s", ds_edit_node_name(conv));
+		act = json_string_value(json_object_get(attrs, "activation"));
+		snprintf(base, sizeof base, "%s.flat", ds_edit_input(conv, 0));
+		if (!(flat_out = ds_edit_unique_name(c->graph, c->params, base, err)) ||
+		    !(fout = ds_strdup(ds_edit_output(flat, 0), err)) ||
+		    !(w2 = ds_tensor_new(DS_F32, 2, w->shape, DS_CPU, err))) {
+			rc = DS_ERR_NOMEM;
+			goto next;
+		}
+		memcpy(w2->data, w->data, (size_t)ds_tensor_numel(w) * sizeof(float));
+		ins = json_object_get(conv, "inputs");
+		if (!(lin = json_pack("{s:s, s:s, s:[s], s:[s]}", "op", "linear", "name", conv_name, "inputs", flat_out,
+				      "outputs", fout)))
+			goto nomem;
+		for (size_t j = 1; j < json_array_size(ins); j++)
+			if (json_array_append(json_object_get(lin, "inputs"), json_array_get(ins, j)))
+				goto nomem;
+		if (act && json_object_set_new(lin, "attrs", json_pack("{s:s}", "activation", act)))
+			goto nomem;
+		/* The flatten node now flattens the convolution's input. */
+		if (json_object_set_new(flat, "op", json_string("flatten")) ||
+		    json_object_set_new(flat, "attrs", json_pack("{s:i}", "axis", 1)) ||
+		    json_array_set_new(json_object_get(flat, "inputs"), 0, json_string(ds_edit_input(conv, 0))) ||
+		    json_array_set_new(json_object_get(flat, "outputs"), 0, json_string(flat_out)))
+			goto nomem;
+		snprintf(base, sizeof base, "%s.weight", conv_name);
+		if ((rc = set_param(c, lin, 1, base, w2, err)))
+			goto next;
+		/* The flatten takes the convolution's place, the linear node the
+		 * flatten's: the file stays in topological order. */
+		if (json_array_set(json_object_get(c->graph, "nodes"), i, flat) ||
+		    json_array_set(json_object_get(c->graph, "nodes"), (size_t)fi, lin))
+			goto nomem;
+		rc = note(c, err, "gap-linear: 1x1 conv2d '%s' on a 1x1 input is now a linear layer", conv_name);
+		goto next;
+	nomem:
+		rc = ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+	next:
+		json_decref(lin);
+		ds_tensor_unref(w2);
+		free(flat_out);
+		free(fout);
+		ds_graph_free(g);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 /* ----------------------------------------------------------- the manager */
 
 struct pass {
@@ -501,8 +742,11 @@ static const struct pass passes[] = {
 	{ "drop-identity", 1, pass_drop_identity, "remove reshapes and flattens that keep the shape" },
 	{ "constant-fold", 1, pass_constant_fold, "compute nodes that read only parameters once" },
 	{ "fold-batchnorm", 2, pass_fold_batchnorm, "fold batch norm into the convolution or linear layer before it" },
+	{ "fuse-add", 2, pass_fuse_add,
+	  "add a residual in the epilogue of the convolution or linear layer that computes the other operand" },
 	{ "fuse-activation", 2, pass_fuse_activation,
 	  "apply an activation in the epilogue of the convolution or linear layer before it" },
+	{ "gap-linear", 2, pass_gap_linear, "turn a 1x1 convolution of a globally pooled tensor into a linear layer" },
 	{ "fuse-pool", 2, pass_fuse_pool, "pool 2x2 inside the convolution before it" },
 	{ "dead-nodes", 1, pass_dead_nodes, "remove nodes whose outputs are never read" },
 };

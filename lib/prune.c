@@ -297,6 +297,11 @@ static int visit_conv(struct prune *p, const ds_node *n, int in)
 		snprintf(why, sizeof why, "conv2d '%s' has inputs the analysis does not follow", ds_node_name(n));
 		return barrier(p, n, why);
 	}
+	if (ds_node_input_count(n) > 3) {
+		/* A fused residual ties the output's channels to another tensor's. */
+		snprintf(why, sizeof why, "conv2d '%s' adds a fused residual", ds_node_name(n));
+		return barrier(p, n, why);
+	}
 	if (groups == 1) {
 		if ((rc = fresh_map(p, w->shape[0], &m)) || (rc = set_map(p, ds_node_output(n, 0), m)) ||
 		    (rc = add_edit(p, ds_node_input(n, 1), 0, m)) || (rc = add_edit(p, ds_node_input(n, 1), 1, in)) ||
@@ -331,6 +336,11 @@ static int visit_linear(struct prune *p, const ds_node *n, int in)
 	    p->maps[in].n * p->maps[in].block != w->shape[1] || (b && (b->ndim != 1 || b->shape[0] != w->shape[0])) ||
 	    (ds_node_input_count(n) > 2 && !b)) {
 		snprintf(why, sizeof why, "linear '%s' has inputs the analysis does not follow", ds_node_name(n));
+		return barrier(p, n, why);
+	}
+	if (ds_node_input_count(n) > 3) {
+		/* A fused residual ties the output's channels to another tensor's. */
+		snprintf(why, sizeof why, "linear '%s' adds a fused residual", ds_node_name(n));
 		return barrier(p, n, why);
 	}
 	if ((rc = fresh_map(p, w->shape[0], &m)) || (rc = set_map(p, ds_node_output(n, 0), m)) ||

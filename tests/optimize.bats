@@ -76,6 +76,26 @@ nodes() {
 	[ ! -e "$T/t.dsm" ]
 }
 
+@test "residual additions are fused into the layers: the same result bit for bit, inference only" {
+	model resnet-s
+	run -0 --separate-stderr ds-optimize --verify 16 --format json -o "$T/r.dsm" "$T/resnet-s.dsm"
+	echo "$stderr" > "$T/r.json"
+	[ "$(json_eval "$T/r.json" "[p['rewrites'] for p in d['passes'] if p['pass'] == 'fuse-add'][0]")" = 6 ]
+	[ "$(json_eval "$T/r.json" "d['verify']['max_rel_diff'] < 1e-5")" = True ]
+	[ "$(nodes "$T/r.dsm")" = "conv2d flatten global_avg_pool linear" ]
+	# Against the same passes without it, nothing moves (--tolerance 0).
+	ds-optimize -q --disable-pass fuse-add -o "$T/na.dsm" "$T/resnet-s.dsm"
+	[[ "$(nodes "$T/na.dsm")" == *add* ]]
+	run -0 ds-optimize -q --verify 16 --tolerance 0 -o "$T/a.dsm" "$T/na.dsm"
+	# The residuals of mobilenet-s, alone: training through them is refused.
+	model mobilenet-s
+	ds-optimize -q --disable-pass fuse-activation -o "$T/m.dsm" "$T/mobilenet-s.dsm"
+	[[ "$(nodes "$T/m.dsm")" != *add* ]]
+	run -3 --separate-stderr ds-train -q --finetune "$T/m.dsm" --data "$T/d.dst" --epochs 1 -o "$T/t.dsm"
+	[[ "$stderr" == *"a fused residual is for inference"* ]]
+	[ ! -e "$T/t.dsm" ]
+}
+
 @test "levels, --disable-pass and --dry-run" {
 	model cnn-bn
 	cp "$T/cnn-bn.dsm" "$T/orig.dsm"

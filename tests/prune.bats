@@ -203,3 +203,17 @@ g['nodes'].insert(i, {'op': 'reshape', 'name': 'odd', 'inputs': ['relu2'], 'outp
 	[[ "$(json_eval "$T/r.json" "d['notes'][0]['note']")" == *reshape* ]]
 	ds-optimize -q --verify 4 -o "$T/o.dsm" "$T/p.dsm"
 }
+
+@test "a convolution with a fused residual is a barrier: the model prunes around it and verifies" {
+	need ds-optimize
+	model resnet-s
+	ds-optimize -q -o "$T/o.dsm" "$T/resnet-s.dsm"
+	edit_model "$T/o.dsm" "
+assert any(len(x['inputs']) > 3 for x in g['nodes'] if x['op'] == 'conv2d'), 'no fused residual'
+" "$T/check.dsm"
+	run --separate-stderr ds-prune --ratio 0.3 --format json -o "$T/p.dsm" "$T/o.dsm"
+	[ "$status" -eq 0 ] || { echo "$stderr"; false; }
+	echo "$stderr" | sed -n '/^{/,$p' > "$T/r.json"
+	[ "$(json_eval "$T/r.json" "d['figures']['flops_after'] < d['figures']['flops_before']")" = True ]
+	ds-optimize -q --verify 4 -o "$T/o2.dsm" "$T/p.dsm"
+}

@@ -95,6 +95,85 @@ static void conv_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int
 	conv_pool_case(n, c, h, w, o, k, stride, pad, dil, groups, bias, relu, 0);
 }
 
+/* A fused residual and ReLU or ReLU6 (act 1, 2) against the unfused
+ * sequence on the same kernel: convolution with bias, then y + r, then the
+ * activation.  Equal bit for bit, which is what lets fuse-add call itself
+ * exact. */
+static void conv_res_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k, int64_t stride,
+			  int64_t pad, int64_t groups, int bias, int act)
+{
+	ds_conv2d_dims d = {
+		.n = n, .c = c, .h = h, .w = w, .o = o, .kh = k, .kw = k, .sh = stride, .sw = stride,
+		.ph = pad, .pw = pad, .dh = 1, .dw = 1, .groups = groups,
+	};
+	int64_t yn, bad = 0;
+	float *x, *wt, *b, *r, *y, *want, *ws;
+
+	d.oh = (h + 2 * pad - k) / stride + 1;
+	d.ow = (w + 2 * pad - k) / stride + 1;
+	yn = n * o * d.oh * d.ow;
+	x = randv(n * c * h * w);
+	wt = randv(o * (c / groups) * k * k);
+	b = bias ? randv(o) : NULL;
+	r = randv(yn);
+	y = randv(yn);
+	want = randv(yn);
+	ws = calloc(ds_conv2d_workspace(&d) + 1, sizeof *ws);
+	ds_conv2d_forward(&d, x, wt, b, want, ws);
+	/* The activation alone, in the kernel, first. */
+	d.relu = act > 0;
+	d.cap = act == 2 ? 6.0f : 0.0f;
+	ds_conv2d_forward(&d, x, wt, b, y, ws);
+	for (int64_t i = 0; i < yn; i++) {
+		float v = want[i];
+
+		if (act)
+			v = v > 0.0f ? v : 0.0f;
+		if (act == 2)
+			v = v < 6.0f ? v : 6.0f;
+		bad += memcmp(&y[i], &v, sizeof v) != 0;
+	}
+	for (int64_t i = 0; i < yn; i++) {
+		float v = want[i] + r[i];
+
+		if (act)
+			v = v > 0.0f ? v : 0.0f;
+		if (act == 2)
+			v = v < 6.0f ? v : 6.0f;
+		want[i] = v;
+	}
+	ds_conv2d_forward_res(&d, x, wt, b, r, y, ws);
+	for (int64_t i = 0; i < yn; i++)
+		bad += memcmp(&y[i], &want[i], sizeof y[i]) != 0;
+	ok(bad == 0, "conv2d + residual n%lld c%lld %lldx%lld o%lld k%lld s%lld g%lld%s%s: %lld differ",
+	   (long long)n, (long long)c, (long long)h, (long long)w, (long long)o, (long long)k, (long long)stride,
+	   (long long)groups, bias ? " bias" : "", act == 2 ? " relu6" : act ? " relu" : "", (long long)bad);
+	free(x);
+	free(wt);
+	free(b);
+	free(r);
+	free(y);
+	free(want);
+	free(ws);
+}
+
+static void test_conv_residual(void)
+{
+	/* Direct (stride 1 and the strided phases), depthwise, pointwise and
+	 * im2col (a padded image too large for the direct kernel). */
+	conv_res_case(3, 16, 28, 28, 16, 3, 1, 1, 1, 1, 1);
+	conv_res_case(1, 16, 28, 28, 16, 3, 1, 1, 1, 1, 1);
+	conv_res_case(2, 5, 9, 11, 7, 3, 1, 1, 1, 0, 0);
+	conv_res_case(2, 16, 28, 28, 32, 1, 2, 0, 1, 1, 1);
+	conv_res_case(2, 8, 13, 13, 6, 3, 2, 1, 1, 1, 2);
+	conv_res_case(3, 24, 14, 14, 24, 3, 1, 1, 24, 1, 2);
+	conv_res_case(2, 6, 9, 9, 6, 3, 2, 1, 6, 0, 1);
+	conv_res_case(3, 16, 14, 14, 24, 1, 1, 0, 1, 1, 0);
+	conv_res_case(2, 24, 7, 7, 16, 1, 1, 0, 1, 1, 2);
+	conv_res_case(2, 64, 50, 50, 8, 3, 1, 1, 1, 1, 1);
+	conv_res_case(1, 4, 23, 23, 5, 3, 5, 1, 1, 1, 2);
+}
+
 static void test_conv(void)
 {
 	/* The shapes of the zoo: cnn-small, resnet-s, their batch-1 forms. */
@@ -411,6 +490,7 @@ static void test_plan_chunks(void)
 int main(void)
 {
 	test_plan_chunks();
+	test_conv_residual();
 	test_relu();
 	test_pool();
 	test_conv();

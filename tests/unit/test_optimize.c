@@ -215,6 +215,188 @@ int main(void)
 		ds_container_free(m[1]);
 	}
 
+	/* Residual additions join the convolution or linear layer that
+	 * computes one operand alone, with no activation yet, and no
+	 * broadcasting: the direct, depthwise and pointwise kernels and the
+	 * linear layer each add the residual, and the result is the same bit
+	 * for bit. */
+	{
+		static const char *res =
+			"{\"inputs\": [{\"name\": \"x\", \"dtype\": \"F32\", \"shape\": [-1, 3, 6, 6]}],"
+			" \"nodes\": ["
+			"  {\"op\": \"conv2d\", \"name\": \"c1\", \"inputs\": [\"x\", \"w1\", \"b1\"], \"outputs\": [\"h1\"],"
+			"   \"attrs\": {\"padding\": 1}},"
+			"  {\"op\": \"add\", \"name\": \"a1\", \"inputs\": [\"h1\", \"x\"], \"outputs\": [\"s1\"]},"
+			"  {\"op\": \"relu\", \"name\": \"r1\", \"inputs\": [\"s1\"], \"outputs\": [\"y1\"]},"
+			"  {\"op\": \"conv2d\", \"name\": \"c2\", \"inputs\": [\"y1\", \"w2\"], \"outputs\": [\"h2\"],"
+			"   \"attrs\": {\"padding\": 1}},"
+			"  {\"op\": \"add\", \"name\": \"a2\", \"inputs\": [\"y1\", \"h2\"], \"outputs\": [\"s2\"]},"
+			"  {\"op\": \"conv2d\", \"name\": \"c3\", \"inputs\": [\"s2\", \"w3\", \"b3\"], \"outputs\": [\"h3\"],"
+			"   \"attrs\": {\"activation\": \"relu\"}},"
+			"  {\"op\": \"add\", \"name\": \"a3\", \"inputs\": [\"h3\", \"s2\"], \"outputs\": [\"s3\"]},"
+			"  {\"op\": \"conv2d\", \"name\": \"c4\", \"inputs\": [\"s3\", \"w4\", \"b4\"], \"outputs\": [\"h4\"],"
+			"   \"attrs\": {\"padding\": 1, \"groups\": 3}},"
+			"  {\"op\": \"add\", \"name\": \"a4\", \"inputs\": [\"h4\", \"s3\"], \"outputs\": [\"s4\"]},"
+			"  {\"op\": \"relu6\", \"name\": \"r4\", \"inputs\": [\"s4\"], \"outputs\": [\"y4\"]},"
+			"  {\"op\": \"conv2d\", \"name\": \"c5\", \"inputs\": [\"y4\", \"w5\", \"b5\"], \"outputs\": [\"h5\"]},"
+			"  {\"op\": \"add\", \"name\": \"a5\", \"inputs\": [\"h5\", \"y4\"], \"outputs\": [\"s5\"]},"
+			"  {\"op\": \"flatten\", \"name\": \"flat\", \"inputs\": [\"s5\"], \"outputs\": [\"f\"]},"
+			"  {\"op\": \"linear\", \"name\": \"fc1\", \"inputs\": [\"f\", \"w6\", \"b6\"], \"outputs\": [\"z1\"]},"
+			"  {\"op\": \"add\", \"name\": \"ab\", \"inputs\": [\"z1\", \"bb\"], \"outputs\": [\"z1b\"]},"
+			"  {\"op\": \"linear\", \"name\": \"fc2\", \"inputs\": [\"z1b\", \"w7\", \"b7\"], \"outputs\": [\"z2\"]},"
+			"  {\"op\": \"add\", \"name\": \"al\", \"inputs\": [\"z2\", \"z1b\"], \"outputs\": [\"logits\"]}],"
+			" \"outputs\": [\"logits\"]}";
+		ds_container *m[2];
+		int64_t w1[4] = { 3, 3, 3, 3 }, v3[1] = { 3 }, w3[4] = { 3, 3, 1, 1 }, w4[4] = { 3, 1, 3, 3 };
+		int64_t w6[2] = { 8, 108 }, v8[1] = { 8 }, w7[2] = { 8, 8 };
+		ds_graph *fg = NULL;
+		int n_in = 0;
+
+		for (int k = 0; k < 2; k++) {
+			rng = 11;
+			m[k] = ds_container_new();
+			add_param(m[k], "w1", 4, w1, -0.5, 0.5);
+			add_param(m[k], "b1", 1, v3, -0.5, 0.5);
+			add_param(m[k], "w2", 4, w1, -0.5, 0.5);
+			add_param(m[k], "w3", 4, w3, -0.5, 0.5);
+			add_param(m[k], "b3", 1, v3, -0.5, 0.5);
+			add_param(m[k], "w4", 4, w4, -0.5, 0.5);
+			add_param(m[k], "b4", 1, v3, -0.5, 0.5);
+			add_param(m[k], "w5", 4, w3, -0.5, 0.5);
+			add_param(m[k], "b5", 1, v3, -0.5, 0.5);
+			add_param(m[k], "w6", 2, w6, -0.1, 0.1);
+			add_param(m[k], "b6", 1, v8, -0.1, 0.1);
+			add_param(m[k], "bb", 1, v8, -0.1, 0.1);
+			add_param(m[k], "w7", 2, w7, -0.5, 0.5);
+			add_param(m[k], "b7", 1, v8, -0.5, 0.5);
+			ds_container_meta_set(m[k], "ds.graph", res, NULL);
+		}
+		is_int(has_node(m[0], NULL, "a1"), 1, "the residual graph parses");
+		o.level = 2;
+		is_int(ds_optimize_model(m[1], &o, &report, &err), 0, "it optimizes: %s", err.message);
+		is_int(pass_rewrites(report, "fuse-add"), 5, "five additions are fused");
+		is_int(has_node(m[1], "add", "a3") + has_node(m[1], "add", "ab"), 2,
+		       "not after a fused activation, nor a broadcast one");
+		is_int(has_node(m[1], "add", NULL), 1, "the others are gone");
+		is_int(pass_rewrites(report, "fuse-activation"), 2, "the activations after them are fused too");
+		ok(ds_container_get(m[1], "c2.bias") != NULL, "a convolution without a bias gets a zero one");
+		if (!ds_graph_from_model(m[1], &fg, &err)) {
+			for (size_t i = 0; i < ds_graph_node_count(fg); i++)
+				n_in += (int)ds_node_input_count(ds_graph_node(fg, i)) == 4;
+			ds_graph_free(fg);
+		}
+		is_int(n_in, 5, "five layers read a residual");
+		is_int(ds_model_compare(m[0], m[1], 40, 5, &cmp, &err), 0, "the fused model runs: %s", err.message);
+		ok(json_real_value(json_object_get(cmp, "max_abs_diff")) == 0.0, "and computes the same bit for bit (%g)",
+		   json_real_value(json_object_get(cmp, "max_abs_diff")));
+		json_decref(cmp);
+		json_decref(report);
+		ds_container_free(m[0]);
+		ds_container_free(m[1]);
+	}
+
+	/* A residual must be shaped like the output. */
+	{
+		static const char *bad =
+			"{\"inputs\": [{\"name\": \"x\", \"dtype\": \"F32\", \"shape\": [-1, 3, 6, 6]}],"
+			" \"nodes\": ["
+			"  {\"op\": \"conv2d\", \"name\": \"c\", \"inputs\": [\"x\", \"w\", \"b\", \"x\"], \"outputs\": [\"y\"]}],"
+			" \"outputs\": [\"y\"]}";
+		ds_container *m = ds_container_new();
+		int64_t w[4] = { 4, 3, 1, 1 }, b[1] = { 4 };
+
+		add_param(m, "w", 4, w, -1, 1);
+		add_param(m, "b", 1, b, -1, 1);
+		ds_container_meta_set(m, "ds.graph", bad, NULL);
+		ds_error_clear(&err);
+		is_int(ds_graph_from_model(m, &g, &err), DS_ERR_DATA, "a residual of another shape is bad data");
+		ok(strstr(err.message, "residual 'x'") != NULL, "naming it: %s", err.message);
+		ds_error_clear(&err);
+		ds_container_free(m);
+	}
+
+	/* A layer that already adds a residual (a model optimized before)
+	 * takes no batch norm and no pool after it: neither commutes with the
+	 * addition. */
+	{
+		static const char *again =
+			"{\"inputs\": [{\"name\": \"x\", \"dtype\": \"F32\", \"shape\": [-1, 3, 6, 6]}],"
+			" \"nodes\": ["
+			"  {\"op\": \"conv2d\", \"name\": \"c1\", \"inputs\": [\"x\", \"w\", \"b\", \"x\"], \"outputs\": [\"h1\"],"
+			"   \"attrs\": {\"padding\": 1}},"
+			"  {\"op\": \"batchnorm\", \"name\": \"bn\", \"inputs\": [\"h1\", \"g\", \"be\", \"mu\", \"var\"],"
+			"   \"outputs\": [\"n1\"]},"
+			"  {\"op\": \"conv2d\", \"name\": \"c2\", \"inputs\": [\"n1\", \"w\", \"b\", \"n1\"], \"outputs\": [\"h2\"],"
+			"   \"attrs\": {\"padding\": 1}},"
+			"  {\"op\": \"max_pool\", \"name\": \"pool\", \"inputs\": [\"h2\"], \"outputs\": [\"logits\"],"
+			"   \"attrs\": {\"kernel\": 2}}],"
+			" \"outputs\": [\"logits\"]}";
+		ds_container *m[2];
+		int64_t w[4] = { 3, 3, 3, 3 }, v3[1] = { 3 };
+
+		for (int k = 0; k < 2; k++) {
+			rng = 13;
+			m[k] = ds_container_new();
+			add_param(m[k], "w", 4, w, -0.5, 0.5);
+			add_param(m[k], "b", 1, v3, -0.5, 0.5);
+			add_param(m[k], "g", 1, v3, 0.5, 1.5);
+			add_param(m[k], "be", 1, v3, -0.5, 0.5);
+			add_param(m[k], "mu", 1, v3, -0.5, 0.5);
+			add_param(m[k], "var", 1, v3, 0.5, 1.5);
+			ds_container_meta_set(m[k], "ds.graph", again, NULL);
+		}
+		o.level = 2;
+		is_int(ds_optimize_model(m[1], &o, &report, &err), 0, "a model with residuals optimizes again: %s",
+		       err.message);
+		is_int(pass_rewrites(report, "fold-batchnorm") + pass_rewrites(report, "fuse-pool"), 0,
+		       "no batch norm or pool joins a layer with a residual");
+		is_int(ds_model_compare(m[0], m[1], 10, 3, &cmp, &err), 0, "it runs: %s", err.message);
+		ok(json_real_value(json_object_get(cmp, "max_abs_diff")) == 0.0, "unchanged (%g)",
+		   json_real_value(json_object_get(cmp, "max_abs_diff")));
+		json_decref(cmp);
+		json_decref(report);
+		ds_container_free(m[0]);
+		ds_container_free(m[1]);
+	}
+
+	/* A 1x1 convolution of a globally pooled tensor, flattened, is a
+	 * linear layer (its activation goes with it). */
+	{
+		static const char *head =
+			"{\"inputs\": [{\"name\": \"x\", \"dtype\": \"F32\", \"shape\": [-1, 8, 4, 4]}],"
+			" \"nodes\": ["
+			"  {\"op\": \"global_avg_pool\", \"name\": \"gap\", \"inputs\": [\"x\"], \"outputs\": [\"p\"]},"
+			"  {\"op\": \"conv2d\", \"name\": \"head\", \"inputs\": [\"p\", \"w\", \"b\"], \"outputs\": [\"h\"]},"
+			"  {\"op\": \"hardswish\", \"name\": \"act\", \"inputs\": [\"h\"], \"outputs\": [\"a\"]},"
+			"  {\"op\": \"flatten\", \"name\": \"flat\", \"inputs\": [\"a\"], \"outputs\": [\"logits\"],"
+			"   \"attrs\": {\"axis\": 1}}],"
+			" \"outputs\": [\"logits\"]}";
+		ds_container *m[2];
+		int64_t w[4] = { 5, 8, 1, 1 }, b[1] = { 5 };
+
+		for (int k = 0; k < 2; k++) {
+			rng = 5;
+			m[k] = ds_container_new();
+			add_param(m[k], "w", 4, w, -1, 1);
+			add_param(m[k], "b", 1, b, -1, 1);
+			ds_container_meta_set(m[k], "ds.graph", head, NULL);
+		}
+		o.level = 2;
+		is_int(ds_optimize_model(m[1], &o, &report, &err), 0, "a pooled head optimizes: %s", err.message);
+		is_int(pass_rewrites(report, "gap-linear"), 1, "its 1x1 convolution is rewritten");
+		is_int(has_node(m[1], "linear", "head"), 1, "as a linear layer");
+		is_int(has_node(m[1], "conv2d", NULL) + has_node(m[1], "hardswish", NULL), 0,
+		       "no convolution or activation node is left");
+		ok(ds_container_get(m[1], "w") && ds_container_get(m[1], "w")->ndim == 2, "its weight is [O, C]");
+		is_int(ds_model_compare(m[0], m[1], 20, 3, &cmp, &err), 0, "the rewritten head runs: %s", err.message);
+		ok(json_real_value(json_object_get(cmp, "max_rel_diff")) < 1e-6, "and computes the same (%g)",
+		   json_real_value(json_object_get(cmp, "max_rel_diff")));
+		json_decref(cmp);
+		json_decref(report);
+		ds_container_free(m[0]);
+		ds_container_free(m[1]);
+	}
+
 	/* Levels and switches. */
 	opt = make_model();
 	o.level = 0;
