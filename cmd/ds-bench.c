@@ -20,6 +20,8 @@ static const ds_option options[] = {
 	{ "compare", 0, DS_OPT_FLAG, NULL, "add every model's figures as ratios to the first model's", NULL, NULL },
 	{ "export-times", 0, DS_OPT_STRING, "FILE", "write every timed iteration to FILE (.csv: CSV, else JSON Lines)",
 	  NULL, NULL },
+	{ "profile", 0, DS_OPT_FLAG, NULL, "time every node too, in runs of their own: a \"profile\" table", NULL,
+	  NULL },
 	{ "continue-after-failure", 0, DS_OPT_FLAG, NULL, "record a failed configuration and go on (exit status 1)",
 	  NULL, NULL },
 	{ "no-verify", 0, DS_OPT_FLAG, NULL, "skip the models' checksum checks", NULL, NULL },
@@ -88,6 +90,7 @@ int main(int argc, char **argv)
 	o.max_cv = ds_cli_float(cli, "max-cv");
 	o.compare = ds_cli_flag(cli, "compare");
 	o.continue_after_failure = ds_cli_flag(cli, "continue-after-failure");
+	o.profile = ds_cli_flag(cli, "profile");
 	o.keep_samples = ds_cli_format(cli) == DS_FORMAT_JSON || ds_cli_get(cli, "export-times");
 	o.seed = (uint64_t)ds_cli_int(cli, "seed");
 	o.load_flags = ds_cli_flag(cli, "no-verify") ? DS_LOAD_NO_VERIFY : 0;

@@ -16,7 +16,9 @@ static const ds_option options[] = {
 	{ "verify", 0, DS_OPT_INT, "N", "run the original and the result on N random inputs; fail if they differ", NULL,
 	  "0" },
 	{ "tolerance", 0, DS_OPT_FLOAT, "REL", "largest relative difference --verify accepts", NULL, "1e-5" },
-	{ "batch", 0, DS_OPT_INT, "N", "batch size of the memory figures in the report", NULL, "64" },
+	{ "batch", 0, DS_OPT_INT, "N", "batch size of the memory figures and of --tune", NULL, "64" },
+	{ "tune", 0, DS_OPT_FLAG, NULL, "time each convolution's kernels on this machine and record the fastest", NULL,
+	  NULL },
 	{ NULL, 0, 0, NULL, NULL, NULL, NULL }
 };
 
@@ -52,7 +54,7 @@ static char *disabled_passes(const ds_cli *cli, ds_error *err)
 
 /* The report as the printer draws it: figures as a section, the passes as
  * a table, every rewrite as a row of a second table. */
-static json_t *printable(const json_t *report, const json_t *verify)
+static json_t *printable(const json_t *report, const json_t *verify, const json_t *tune)
 {
 	json_t *doc = json_object(), *passes = json_array(), *rewrites = json_array(), *row;
 	size_t i, j;
@@ -70,6 +72,8 @@ static json_t *printable(const json_t *report, const json_t *verify)
 	json_object_set_new(doc, "rewrites", rewrites);
 	if (verify)
 		json_object_set(doc, "verify", (json_t *)verify);
+	if (tune)
+		json_object_set(doc, "tune", json_object_get(tune, "tune"));
 	return doc;
 }
 
@@ -79,7 +83,7 @@ int main(int argc, char **argv)
 	ds_optimize_options o = { 0 };
 	ds_container *model = NULL, *original = NULL;
 	ds_writer *w = NULL;
-	json_t *report = NULL, *verify = NULL, *doc = NULL;
+	json_t *report = NULL, *verify = NULL, *doc = NULL, *tune = NULL;
 	const char *path, *output;
 	char *disable = NULL;
 	int64_t verify_n;
@@ -125,6 +129,14 @@ int main(int argc, char **argv)
 			ds_error_prefix(&err, "%s", path);
 		goto out;
 	}
+	/* Tuning after the passes: it times the kernels the final graph runs. */
+	if (ds_cli_flag(cli, "tune")) {
+		if ((rc = ds_tune_model(model, o.batch, cli, &tune, &err))) {
+			ds_error_prefix(&err, "%s: --tune", path);
+			goto out;
+		}
+		json_object_update(json_object_get(report, "figures"), json_object_get(tune, "figures"));
+	}
 	if (verify_n) {
 		double rel;
 
@@ -153,7 +165,7 @@ int main(int argc, char **argv)
 	/* The report goes to stderr, as ds-train's summary: stdout may carry
 	 * the model. */
 	if (ds_cli_verbosity(cli) >= 0 || ds_cli_flag(cli, "dry-run")) {
-		doc = printable(report, verify);
+		doc = printable(report, verify, tune);
 		rc = ds_print(ds_cli_flag(cli, "dry-run") ? stdout : stderr, ds_cli_format(cli), doc, &err);
 	}
 out:
@@ -161,6 +173,7 @@ out:
 	json_decref(doc);
 	json_decref(report);
 	json_decref(verify);
+	json_decref(tune);
 	ds_container_free(model);
 	ds_container_free(original);
 	free(disable);

@@ -41,19 +41,11 @@ struct bench {
 	int64_t warmup_runs;
 	double warmup_s;
 	ds_dataset *data;
-	json_t *models, *results, *samples;
+	json_t *models, *results, *samples, *profile;
 	size_t configs, failed;
 	ds_error first;              /* the first failure, for the final message */
 	ds_progress *progress;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* A real, or null where the figure does not exist (NaN, infinite). */
 static json_t *num(double v)
@@ -227,7 +219,7 @@ static int evaluate(struct bench *b, const ds_model *m, ds_device dev, int64_t b
 	ds_loader_options lo = { .batch = batch, .length = token_length(m) };
 	ds_loader *l = NULL;
 	ds_plan *p = NULL;
-	double t0 = now_s(), loss = 0;
+	double t0 = ds_seconds(), loss = 0;
 	int64_t seen = 0, top1 = 0, top5 = 0, k = m->classes;
 	int rc;
 
@@ -288,7 +280,7 @@ static int evaluate(struct bench *b, const ds_model *m, ds_device dev, int64_t b
 	if (!rc)
 		rc = set(row, "eval_items", json_integer(seen), err);
 	if (!rc)
-		rc = set(row, "eval_s", json_real(now_s() - t0), err);
+		rc = set(row, "eval_s", json_real(ds_seconds() - t0), err);
 out:
 	ds_loader_free(l);
 	ds_plan_free(p);
@@ -322,12 +314,12 @@ static int iterate(struct run *r, uint64_t step, double *input_ms, double *compu
 	double t0, t1, t2;
 	int rc;
 
-	t0 = now_s();
+	t0 = ds_seconds();
 	for (size_t i = 0; i < r->n_in; i++)
 		memcpy(r->dst[i]->data, r->src[i]->data, ds_tensor_nbytes(r->src[i]));
-	t1 = now_s();
+	t1 = ds_seconds();
 	rc = ds_plan_forward(r->plan, 0, step, err);
-	t2 = now_s();
+	t2 = ds_seconds();
 	*input_ms = (t1 - t0) * 1e3;
 	*compute_ms = (t2 - t1) * 1e3;
 	return rc;
@@ -385,11 +377,11 @@ static int prepare(struct bench *b, const ds_model *m, struct run *r, ds_device 
 
 static int warm_up(struct bench *b, struct run *r, ds_error *err)
 {
-	double start = now_s(), in_ms, comp_ms;
+	double start = ds_seconds(), in_ms, comp_ms;
 	int64_t done = 0;
 	int rc;
 
-	while (b->warmup_s > 0 ? (done == 0 || now_s() - start < b->warmup_s) : done < b->warmup_runs) {
+	while (b->warmup_s > 0 ? (done == 0 || ds_seconds() - start < b->warmup_s) : done < b->warmup_runs) {
 		if ((rc = ds_cli_interrupted()))
 			return ds_error_set(err, rc, "interrupted", "interrupted");
 		if ((rc = iterate(r, (uint64_t)done, &in_ms, &comp_ms, err)))
@@ -401,11 +393,11 @@ static int warm_up(struct bench *b, struct run *r, ds_error *err)
 
 static int timed(struct bench *b, struct run *r, ds_error *err)
 {
-	double start = now_s(), in_ms, comp_ms;
+	double start = ds_seconds(), in_ms, comp_ms;
 	int64_t repeat = b->o->repeat > 0 ? b->o->repeat : 1;
 	int rc;
 
-	while ((int64_t)r->n < repeat || now_s() - start < b->o->min_time) {
+	while ((int64_t)r->n < repeat || ds_seconds() - start < b->o->min_time) {
 		if (r->n >= MAX_ITERATIONS)
 			break;
 		if ((rc = ds_cli_interrupted()))
@@ -484,6 +476,46 @@ out:
 	return rc;
 }
 
+/* Per-node times over as many runs as were timed (at least 10), in runs of
+ * their own: one row per node, the nodes in schedule order. */
+static int profile_runs(struct bench *b, struct run *r, const json_t *row, ds_error *err)
+{
+	size_t runs = r->n > 10 ? r->n : 10, nodes = ds_plan_node_count(r->plan);
+	double in_ms, comp_ms, total = 0;
+	int rc = 0;
+
+	ds_plan_profile(r->plan, 1);
+	ds_plan_profile_reset(r->plan);
+	for (size_t i = 0; i < runs && !rc; i++) {
+		if ((rc = ds_cli_interrupted()))
+			return ds_error_set(err, rc, "interrupted", "interrupted");
+		rc = iterate(r, i, &in_ms, &comp_ms, err);
+	}
+	ds_plan_profile(r->plan, 0);
+	for (size_t k = 0; k < nodes && !rc; k++) {
+		ds_node_profile np;
+
+		ds_plan_node_profile(r->plan, k, &np);
+		total += np.forward_s;
+	}
+	for (size_t k = 0; k < nodes && !rc; k++) {
+		ds_node_profile np;
+		double ms;
+		json_t *p;
+
+		ds_plan_node_profile(r->plan, k, &np);
+		ms = np.forward_calls ? np.forward_s * 1e3 / (double)np.forward_calls : 0;
+		p = json_pack("{s:O, s:O, s:O, s:O, s:s, s:s, s:o, s:o, s:o}", "model", json_object_get(row, "model"),
+			      "device", json_object_get(row, "device"), "threads", json_object_get(row, "threads"),
+			      "batch", json_object_get(row, "batch"), "node", np.name, "op", np.op, "ms", num(ms),
+			      "pct", num(total > 0 ? 100.0 * np.forward_s / total : 0),
+			      "gflop_per_s", np.flops > 0 && ms > 0 ? num((double)np.flops / (ms * 1e6)) : json_null());
+		if (!p || json_array_append_new(b->profile, p))
+			rc = ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+	}
+	return rc;
+}
+
 static int run_config(struct bench *b, const ds_model *m, const struct device_slot *ds, int64_t batch,
 		      json_t *row, ds_error *err)
 {
@@ -496,7 +528,10 @@ static int run_config(struct bench *b, const ds_model *m, const struct device_sl
 	if ((rc = prepare(b, m, &r, ds->dev, batch, err)) || (rc = warm_up(b, &r, err)) || (rc = timed(b, &r, err)) ||
 	    (rc = summarise(b, m, &r, batch, row, err)))
 		goto out;
-	rc = set(row, "peak_rss_bytes", json_integer((json_int_t)ds_bench_peak_rss()), err);
+	if ((rc = set(row, "peak_rss_bytes", json_integer((json_int_t)ds_bench_peak_rss()), err)))
+		goto out;
+	if (b->profile)
+		rc = profile_runs(b, &r, row, err);
 out:
 	run_free(&r);
 	return rc;
@@ -795,7 +830,9 @@ int ds_bench_run(const ds_bench_options *o, json_t **report, ds_error *err)
 	b.results = json_array();
 	if (o->keep_samples)
 		b.samples = json_array();
-	if (!doc || !b.models || !b.results || (o->keep_samples && !b.samples)) {
+	if (o->profile)
+		b.profile = json_array();
+	if (!doc || !b.models || !b.results || (o->keep_samples && !b.samples) || (o->profile && !b.profile)) {
 		rc = ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
 		goto out;
 	}
@@ -814,6 +851,8 @@ int ds_bench_run(const ds_bench_options *o, json_t **report, ds_error *err)
 		goto out;
 	if (o->compare && (rc = compare(&b, doc, err)))
 		goto out;
+	if (b.profile && (rc = set(doc, "profile", json_incref(b.profile), err)))
+		goto out;
 	if (b.samples && (rc = set(doc, "samples", json_incref(b.samples), err)))
 		goto out;
 	*report = doc;
@@ -827,6 +866,7 @@ out:
 	json_decref(b.models);
 	json_decref(b.results);
 	json_decref(b.samples);
+	json_decref(b.profile);
 	ds_dataset_free(b.data);
 	for (size_t i = 0; i < b.n_dev; i++)
 		free(b.dev[i].text);

@@ -516,6 +516,24 @@ size_t ds_plan_arena_naive_bytes(const ds_plan *p);
  * (max_norm <= 0: measure only). */
 double ds_plan_clip_grad_norm(ds_plan *p, double max_norm);
 
+/* Per-node timing (ds-bench --profile, ds-train --profile, ds-optimize
+ * --tune).  While on, each forward and backward adds every node's wall time
+ * to its counters; a node run in item chunks on several threads counts the
+ * mean of its threads' times, so the counters still add up to the run.
+ * Off by default: a clock read around every node call is not free. */
+typedef struct ds_node_profile {
+	const char *name, *op;       /* borrowed from the graph */
+	double forward_s, backward_s;
+	int64_t forward_calls, backward_calls;
+	int64_t flops;               /* forward FLOPs at the current batch */
+} ds_node_profile;
+
+void ds_plan_profile(ds_plan *p, int on);
+void ds_plan_profile_reset(ds_plan *p);
+/* Nodes in schedule order. */
+size_t ds_plan_node_count(const ds_plan *p);
+void ds_plan_node_profile(ds_plan *p, size_t k, ds_node_profile *out);
+
 typedef struct ds_optim_options {
 	const char *kind;            /* "sgd" or "adamw" */
 	double momentum;             /* sgd: 0.9 */
@@ -590,6 +608,7 @@ typedef struct ds_bench_options {
 	int compare;                 /* add ratios to the first model */
 	int continue_after_failure;  /* a failed configuration is a row with an error */
 	int keep_samples;            /* the raw timings in the report's "samples" */
+	int profile;                 /* per-node times in the report's "profile" */
 	uint64_t seed;               /* random inputs */
 	unsigned load_flags;         /* DS_LOAD_* for the models */
 	const ds_cli *cli;           /* warnings, progress, --log events; may be NULL */
@@ -600,7 +619,10 @@ typedef struct ds_bench_options {
  * tables "models" (size, parameters, FLOPs, accuracy), "results" (one row
  * per configuration: throughput mean and sd, CV, latency min/p50/p90/p99/max,
  * input, h2d, compute and d2h time, GFLOP/s, memory), "comparison" with
- * compare and "samples" with keep_samples.  Usage errors are status 2; a
+ * compare, "samples" with keep_samples, and "profile" (one row per node and
+ * configuration: ms per batch, share of the run, GFLOP/s), measured in runs
+ * of their own after the timed ones so that the clock reads around every
+ * node never touch the figures above.  Usage errors are status 2; a
  * failure stops the run with its status unless continue_after_failure, when
  * the report is still returned and the status is 1. */
 int ds_bench_run(const ds_bench_options *o, json_t **report, ds_error *err);
@@ -693,6 +715,7 @@ typedef struct ds_infer_options {
 	int topk;                     /* 5, capped at the class count */
 	int workers;                  /* decoding threads; 0: as many as compute threads */
 	int shard_index, shard_count; /* --shard K/N: every N-th item from the K-th; 0/0 off */
+	uint64_t buffer_bytes;        /* items of packed streams held at once (64 MiB when 0) */
 	ds_device device;
 	const ds_cli *cli;            /* progress, log, history; may be NULL */
 } ds_infer_options;
@@ -801,6 +824,7 @@ typedef struct ds_train_options {
 	const char *teacher;         /* distil from this model (its logits, softened by temperature) */
 	double temperature, distill_weight;
 	double sparsity;             /* L1 penalty on batch-norm scales (network slimming); 0: off */
+	int qat;                     /* quantization-aware: ds_quantize_prepare_qat before training */
 	uint64_t seed;
 	ds_device device;
 	const ds_cli *cli;           /* progress, --log events, history; may be NULL */
@@ -862,6 +886,13 @@ typedef struct ds_optimize_options {
 int ds_optimize_model(ds_container *model, const ds_optimize_options *o, json_t **report, ds_error *err);
 /* The passes, their levels and what each does, as a printer document. */
 json_t *ds_optimize_pass_table(void);
+/* ds-optimize --tune: time each convolution's candidate kernels on this
+ * machine at batch (64 when 0), with the current thread count, and record
+ * the fastest in the graph (node attributes "kernel" and "chunk"), keeping
+ * the records only when the whole model gets faster.  The report holds
+ * "figures" (tune_* counts and whole-model milliseconds before and after)
+ * and "tune" (one row per convolution with a choice). */
+int ds_tune_model(ds_container *model, int64_t batch, const ds_cli *cli, json_t **report, ds_error *err);
 
 /* Run two models on the same count seeded random inputs (batches of 64)
  * and compare their first outputs: figures inputs, max_abs_diff,
@@ -878,7 +909,7 @@ typedef struct ds_quantize_options {
 				      * "dynamic": I8 weights, activations quantized per call */
 	const char *method;          /* "minmax", "percentile" (default) or "entropy" */
 	double percentile;           /* of |values| kept by "percentile" (99.99) */
-	const char *calib;           /* a .dst stream of inputs (static mode) */
+	const char *calib;           /* a .dst stream of inputs (static mode; a QAT model's ranges need none) */
 	int64_t calib_count;         /* items of it at most (1000) */
 	int64_t batch;               /* calibration batch (64) */
 	const char *const *skip;     /* fnmatch patterns of node names kept in float */
@@ -898,6 +929,17 @@ typedef struct ds_quantize_options {
  * calibration data that does not fit the model (both shapes named), NaN or
  * infinite weights, or a model that is already quantized. */
 int ds_quantize_model(ds_container *model, const ds_quantize_options *o, json_t **report, ds_error *err);
+
+/* Prepare a float model for quantization-aware training, in place: fold
+ * batch norm (nothing fused), then put a fake_quant node (ds-formats.5) on
+ * each value ds_quantize_model would make U8, with a range parameter
+ * "<value>.qat_range" that training learns, and on the weights of each
+ * layer it would make INT8.  A model that already has fake_quant nodes is
+ * left as it is.  ds_quantize_model takes the learned ranges from such a
+ * model instead of calibrating.  The report holds "prepared" and the counts
+ * of nodes added.  Status 3 for a quantized model, one whose activations
+ * are fused (ds-optimize's output), or one with nothing to quantize. */
+int ds_quantize_prepare_qat(ds_container *model, const ds_cli *cli, json_t **report, ds_error *err);
 
 /* Run a float model and its quantized form on the first count items of a
  * labelled stream (count <= 0: all) and compare their first outputs:

@@ -78,6 +78,8 @@ struct pnode {
 	size_t sparse_param;     /* parameter whose rows this node's ids touch, or NONE */
 	size_t saved_buf, fws_buf, bws_buf;
 	size_t saved_bytes, ws_bytes;    /* at the planned batch */
+	double fwd_s, bwd_s;     /* profile */
+	int64_t fwd_calls, bwd_calls;
 	ds_tensor **in_t, **out_t, **gin_t, **gout_t;
 	ds_op_args fa, ba;
 };
@@ -148,6 +150,7 @@ struct ds_plan {
 	ds_shape *sin, *sout;    /* one infer call */
 	size_t max_in, max_out;
 	struct chunked *chunk;   /* inference prefix run by chunks of items (lazy) */
+	int profile;
 };
 
 struct chunked;
@@ -1041,6 +1044,7 @@ struct chunk_thread {
 	ds_tensor **slots;
 	ds_op_args *args;        /* per prefix node */
 	void *mem;               /* private activations, workspaces, saved state */
+	double *node_s;          /* per prefix node: seconds on this thread (profile) */
 };
 
 struct chunked {
@@ -1061,6 +1065,7 @@ static void chunked_free(struct chunked *c)
 		free(c->th[t].t);
 		free(c->th[t].slots);
 		free(c->th[t].args);
+		free(c->th[t].node_s);
 		ds_aligned_free(c->th[t].mem);
 	}
 	free(c->th);
@@ -1163,7 +1168,8 @@ static int chunked_build(ds_plan *p, struct chunked *c, ds_error *err)
 		th->t = ds_calloc(p->n_values, sizeof *th->t, err);
 		th->slots = ds_calloc(n_slots, sizeof *th->slots, err);
 		th->args = ds_calloc(c->m, sizeof *th->args, err);
-		if (!th->t || !th->slots || !th->args) {
+		th->node_s = ds_calloc(c->m ? c->m : 1, sizeof *th->node_s, err);
+		if (!th->t || !th->slots || !th->args || !th->node_s) {
 			rc = DS_ERR_NOMEM;
 			goto out;
 		}
@@ -1229,6 +1235,7 @@ static int chunked_run(ds_plan *p, struct chunked *c, struct chunk_thread *th, i
 							  : (char *)p->values[v].t->data + (size_t)b0 * c->vbytes[v];
 		}
 		for (size_t k = 0; k < c->m; k++) {
+			double t0 = p->profile ? ds_seconds() : 0;
 			int rc;
 
 			th->args[k].training = 0;
@@ -1237,6 +1244,8 @@ static int chunked_run(ds_plan *p, struct chunked *c, struct chunk_thread *th, i
 				ds_error_prefix(err, "node '%s'", ds_node_name(p->nodes[k].node));
 				return rc;
 			}
+			if (p->profile)
+				th->node_s[k] += ds_seconds() - t0;
 		}
 	}
 	return 0;
@@ -1274,6 +1283,8 @@ static int chunked_forward(ds_plan *p, int training, uint64_t step, size_t *done
 	}
 	if (!c->m)
 		return 0;
+	for (int t = 0; p->profile && t < threads; t++)
+		memset(c->th[t].node_s, 0, c->m * sizeof *c->th[t].node_s);
 #pragma omp parallel num_threads(threads) reduction(| : rc)
 	{
 		int t = 0, nt = 1;
@@ -1292,6 +1303,14 @@ static int chunked_forward(ds_plan *p, int training, uint64_t step, size_t *done
 	}
 	if (rc)
 		return err && err->status ? err->status : DS_ERR_RUN;
+	for (size_t k = 0; p->profile && k < c->m; k++) {
+		double sum = 0;
+
+		for (int t = 0; t < threads; t++)
+			sum += c->th[t].node_s[k];
+		p->nodes[k].fwd_s += sum / threads;
+		p->nodes[k].fwd_calls++;
+	}
 	*done = c->m;
 	return 0;
 }
@@ -1310,6 +1329,7 @@ int ds_plan_forward(ds_plan *p, int training, uint64_t step, ds_error *err)
 		return rc0;
 	for (size_t k = first; k < p->n_nodes; k++) {
 		struct pnode *n = &p->nodes[k];
+		double t0 = p->profile ? ds_seconds() : 0;
 		int rc;
 
 		n->fa.training = training;
@@ -1318,6 +1338,10 @@ int ds_plan_forward(ds_plan *p, int training, uint64_t step, ds_error *err)
 		if (rc) {
 			ds_error_prefix(err, "node '%s'", ds_node_name(n->node));
 			return rc;
+		}
+		if (p->profile) {
+			n->fwd_s += ds_seconds() - t0;
+			n->fwd_calls++;
 		}
 	}
 	p->forward_done = 1;
@@ -1447,6 +1471,7 @@ int ds_plan_backward(ds_plan *p, ds_error *err)
 	for (size_t s = 0; s < p->n_nodes; s++) {
 		size_t k = p->n_nodes - 1 - s;
 		struct pnode *n = &p->nodes[k];
+		double t0 = p->profile ? ds_seconds() : 0;
 		int rc;
 
 		zero_grads(p, s);
@@ -1458,6 +1483,12 @@ int ds_plan_backward(ds_plan *p, ds_error *err)
 		if (rc) {
 			ds_error_prefix(err, "node '%s'", ds_node_name(n->node));
 			return rc;
+		}
+		/* The gradient zeroing is the node's cost too: it is what
+		 * the add-into contract of its kernels asks for. */
+		if (p->profile) {
+			n->bwd_s += ds_seconds() - t0;
+			n->bwd_calls++;
 		}
 		if (n->sparse_param != NONE)
 			rows_add(&p->rows[n->sparse_param], n->in_t[0]);
@@ -1613,4 +1644,44 @@ double ds_plan_clip_grad_norm(ds_plan *p, double max_norm)
 		if (p->grads[i])
 			scale_grad(p->grads[i]->data, &p->rows[i], ds_tensor_numel(p->grads[i]), (float)coef);
 	return norm;
+}
+
+/* ----------------------------------------------------------- profiling */
+
+void ds_plan_profile(ds_plan *p, int on)
+{
+	p->profile = on != 0;
+}
+
+void ds_plan_profile_reset(ds_plan *p)
+{
+	for (size_t k = 0; k < p->n_nodes; k++) {
+		p->nodes[k].fwd_s = p->nodes[k].bwd_s = 0;
+		p->nodes[k].fwd_calls = p->nodes[k].bwd_calls = 0;
+	}
+}
+
+size_t ds_plan_node_count(const ds_plan *p)
+{
+	return p->n_nodes;
+}
+
+void ds_plan_node_profile(ds_plan *p, size_t k, ds_node_profile *out)
+{
+	const struct pnode *n = &p->nodes[k];
+
+	memset(out, 0, sizeof *out);
+	out->name = ds_node_name(n->node);
+	out->op = ds_node_op(n->node);
+	out->forward_s = n->fwd_s;
+	out->backward_s = n->bwd_s;
+	out->forward_calls = n->fwd_calls;
+	out->backward_calls = n->bwd_calls;
+	if (n->op->flops) {
+		for (int i = 0; i < n->n_in; i++)
+			p->sin[i] = p->values[n->in[i]].shape;
+		for (int j = 0; j < n->n_out; j++)
+			p->sout[j] = p->values[n->out[j]].shape;
+		out->flops = n->op->flops(n->node, p->sin, n->n_in, p->sout);
+	}
 }

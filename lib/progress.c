@@ -28,6 +28,14 @@ static int64_t now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+double ds_seconds(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 ds_progress *ds_progress_start(const ds_cli *cli, const char *what, uint64_t total, const char *unit)
 {
 	ds_progress *p = calloc(1, sizeof *p);

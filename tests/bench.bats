@@ -144,6 +144,30 @@ PY
 	[ "$(wc -l < "$T/t.csv")" -ge 4 ]
 }
 
+@test "--profile: one row per node of the graph and configuration, shares adding up to the run" {
+	run -0 --separate-stderr ds-bench $FAST -b 1,4 --profile --format json "$D/m.dsm"
+	echo "$output" > "$T/r.json"
+	ds-info --format json "$D/m.dsm" > "$T/info.json"
+	"$PY" - "$T/r.json" "$T/info.json" <<'PY'
+import json, sys
+d, info = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+prof = d["profile"]
+ops = {o["op"]: o["nodes"] for o in info["ops"]}
+for b in (1, 4):
+    rows = [r for r in prof if r["batch"] == b]
+    assert len(rows) == info["graph"]["nodes"], (rows, info["graph"])
+    assert {op: sum(r["op"] == op for r in rows) for op in ops} == ops, rows
+    assert abs(sum(r["pct"] for r in rows) - 100) < 1e-6, rows
+    assert all(r["ms"] > 0 for r in rows), rows
+    # GFLOP/s times ms is each node's work: together the model's FLOPs
+    work = sum(r["gflop_per_s"] * r["ms"] * 1e6 for r in rows if r["gflop_per_s"] is not None)
+    assert abs(work - b * info["graph"]["flops_per_item"]) <= 1e-6 * work, (work, b)
+PY
+	# the timed figures do not include the profiling runs
+	run -0 --separate-stderr ds-bench $FAST -b 1 --profile --format csv "$D/m.dsm"
+	[[ "$output" == *"node,op,ms,pct,gflop_per_s"* ]]
+}
+
 @test "-o writes the report to a file" {
 	run -0 ds-bench $FAST -b 1 --format json -o "$T/r.json" "$D/m.dsm"
 	[ -z "$output" ]

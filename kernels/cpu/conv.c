@@ -11,6 +11,7 @@
 #include "config.h"
 #include "cpu/conv.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -89,6 +90,43 @@ static void valid_range(int64_t out, int64_t size, int64_t stride, int64_t off, 
 	*hi = max64(*lo, min64(h, out));
 }
 
+/* The epilogue of one run of outputs: dst = act(src + bias + r), the sums
+ * rounded left to right as the unfused graph (a conv2d writing src + bias,
+ * then an add node) rounds them; r may be NULL, dst may be src.  No bias is
+ * -0.0f, which leaves every float as it is (0.0f would turn -0 into +0).  ReLU maps
+ * NaN to 0 as _mm512_max_ps(v, 0) and the relu op do. */
+static void epilogue(const ds_conv2d_dims *d, const float *src, float bias, const float *r, int64_t n,
+		     float *dst)
+{
+	const float hi = d->cap > 0.0f ? d->cap : (float)INFINITY;
+
+	if (r && d->relu) {
+#pragma omp simd
+		for (int64_t q = 0; q < n; q++) {
+			float v = src[q] + bias + r[q];
+
+			v = v > 0.0f ? v : 0.0f;
+			dst[q] = v < hi ? v : hi;
+		}
+	} else if (r) {
+#pragma omp simd
+		for (int64_t q = 0; q < n; q++)
+			dst[q] = src[q] + bias + r[q];
+	} else if (d->relu) {
+#pragma omp simd
+		for (int64_t q = 0; q < n; q++) {
+			float v = src[q] + bias;
+
+			v = v > 0.0f ? v : 0.0f;
+			dst[q] = v < hi ? v : hi;
+		}
+	} else {
+#pragma omp simd
+		for (int64_t q = 0; q < n; q++)
+			dst[q] = src[q] + bias;
+	}
+}
+
 static int direct_fits(const ds_conv2d_dims *d);
 static int64_t direct_slice(const ds_conv2d_dims *d);
 
@@ -106,6 +144,8 @@ int64_t ds_conv2d_chunk(const ds_conv2d_dims *d)
 {
 	int64_t per = (d->c * d->kh * d->kw + d->o) * d->oh * d->ow;
 
+	if (d->chunk > 0)
+		return min64(d->chunk, CHUNK_MAX);
 	if (per <= 0)
 		return 1;
 	return max64(1, min64(CHUNK_MAX, SLICE_FLOATS / per));
@@ -277,8 +317,8 @@ static void reduce_partials(const float *ws, int64_t slice, int64_t at, int64_t 
 	}
 }
 
-void ds_conv2d_forward_chunked(const ds_conv2d_dims *d, int64_t chunk, const float *x,
-			       const float *w, const float *b, float *y, float *ws)
+static void chunked_forward_res(const ds_conv2d_dims *d, int64_t chunk, const float *x, const float *w,
+				const float *b, const float *r, float *y, float *ws)
 {
 	const int64_t k = d->c * d->kh * d->kw, p = d->oh * d->ow, in_img = d->c * d->h * d->w;
 	const int64_t og = d->o / d->groups, kg = k / d->groups, slice = slice_floats(d, chunk);
@@ -300,16 +340,22 @@ void ds_conv2d_forward_chunked(const ds_conv2d_dims *d, int64_t chunk, const flo
 					    cols, 0.0f, out + g * og * cols, cols);
 			for (int64_t i = 0; i < bc; i++)
 				for (int64_t oc = 0; oc < d->o; oc++) {
+					const int64_t at = (b0 + i) * d->o * p + oc * p;
 					const float *src = out + oc * cols + i * p;
-					float *dst = y + (b0 + i) * d->o * p + oc * p, bias = b ? b[oc] : 0.0f;
+					float *dst = y + at;
 
-					if (src == dst && !b)
+					if (src == dst && !b && !r && !d->relu)
 						continue;
-					for (int64_t q = 0; q < p; q++)
-						dst[q] = src[q] + bias;
+					epilogue(d, src, b ? b[oc] : -0.0f, r ? r + at : NULL, p, dst);
 				}
 		}
 	}
+}
+
+void ds_conv2d_forward_chunked(const ds_conv2d_dims *d, int64_t chunk, const float *x,
+			       const float *w, const float *b, float *y, float *ws)
+{
+	chunked_forward_res(d, chunk, x, w, b, NULL, y, ws);
 }
 
 #ifdef HAVE_DIRECT_AVX512
@@ -425,7 +471,7 @@ void ds_conv2d_backward_chunked(const ds_conv2d_dims *d, int64_t chunk, const fl
 
 /* 1x1: each image is [c, p], so y_i = w x_i with no columns to build. */
 static void pointwise_forward(const ds_conv2d_dims *d, const float *x, const float *w,
-			      const float *b, float *y)
+			      const float *b, const float *r, float *y)
 {
 	const int64_t p = d->oh * d->ow;
 
@@ -438,6 +484,9 @@ static void pointwise_forward(const ds_conv2d_dims *d, const float *x, const flo
 				yi[oc * p + q] = b[oc];
 		ds_gemm_f32(0, 0, d->o, p, d->c, 1.0f, w, d->c, x + i * d->c * p, p, b ? 1.0f : 0.0f,
 			    yi, p);
+		/* The image's output is still in cache: residual and ReLU now. */
+		if (r || d->relu)
+			epilogue(d, yi, -0.0f, r ? r + i * d->o * p : NULL, d->o * p, yi);
 	}
 }
 
@@ -474,7 +523,7 @@ static void pointwise_backward(const ds_conv2d_dims *d, const float *x, const fl
  * padding cut off by valid_range rather than tested per pixel: branch-free
  * and vectorized for stride 1. */
 static void depthwise_forward(const ds_conv2d_dims *d, const float *x, const float *w,
-			      const float *b, float *y)
+			      const float *b, const float *r, float *y)
 {
 	const int64_t m = d->o / d->c, plane = d->h * d->w, p = d->oh * d->ow;
 
@@ -510,6 +559,10 @@ static void depthwise_forward(const ds_conv2d_dims *d, const float *x, const flo
 				}
 			}
 		}
+		/* The plane is in L1: its residual and ReLU(6) cost no pass
+		 * over memory. */
+		if (r || d->relu)
+			epilogue(d, out, -0.0f, r ? r + io * p : NULL, p, out);
 	}
 }
 
@@ -650,7 +703,8 @@ static int direct_fits(const ds_conv2d_dims *d)
 	return d->sh <= DIRECT_STRIDE_MAX && d->sw <= DIRECT_STRIDE_MAX &&
 	       d->kh * d->kw <= DIRECT_TAPS_MAX && d->oh > 0 && d->ow > 0 &&
 	       d->c * d->sh * d->sw * gh * gw <= DIRECT_IMAGE_MAX &&
-	       ds_conv2d_kind_of(d) == DS_CONV2D_IM2COL && direct_cpu_ok();
+	       ds_conv2d_kind_of(d) == DS_CONV2D_IM2COL && d->tactic != DS_CONV2D_TACTIC_GEMM &&
+	       direct_cpu_ok();
 }
 
 struct direct_geom {
@@ -765,6 +819,23 @@ static void direct_pad(const ds_conv2d_dims *d, const struct direct_geom *g, con
 {
 	for (int64_t ch = c0; d->sh * d->sw > 1 && ch < c1; ch++)
 		direct_pad_phases(d, g, x, ch, xp + ch * g->plane);
+#ifdef HAVE_DIRECT_AVX512
+	/* Whole padded rows with masked vectors: a memcpy and a memset of a
+	 * few floats a row cost more in calls than in copying (a tenth of
+	 * resnet-s's batch went to them). */
+	for (int64_t ch = d->sh * d->sw > 1 ? c1 : c0; ch < c1; ch++) {
+		const float *src = x + ch * d->h * d->w;
+		float *dst = xp + ch * g->plane;
+
+		for (int64_t py = 0; py < g->hp; py++, dst += g->wp) {
+			int64_t iy = py - d->ph;
+
+			im2col_row_avx512(iy < 0 || iy >= d->h ? NULL : src + iy * d->w, -d->pw, d->pw,
+					  d->pw + d->w, g->wp, dst);
+		}
+	}
+	c0 = c1;
+#endif
 	for (int64_t ch = d->sh * d->sw > 1 ? c1 : c0; ch < c1; ch++) {
 		const float *src = x + ch * d->h * d->w;
 		float *dst = xp + ch * g->plane;
@@ -887,14 +958,19 @@ static __attribute__((target("avx512f"))) void pool_relu_plane(const float *x, i
 #endif
 
 /* Output channels [o0, o0 + ob) of one image, ob <= DIRECT_OB, all in one
- * group: padded-grid rows into op, then bias, ReLU and the copy out. */
+ * group: padded-grid rows into op with the bias (and ReLU unless a residual
+ * or a cap comes after), then the copy out, which adds the residual r (the
+ * image's, or NULL) and applies ReLU or ReLU6 after it.  The tiles take no
+ * cap themselves: one more live register in them cost resnet-s a fifth of
+ * its time. */
 static void direct_block(const ds_conv2d_dims *d, const struct direct_geom *g, const float *xp,
-			 const float *w, const float *b, int64_t o0, int64_t ob, float *op,
-			 float *y)
+			 const float *w, const float *b, const float *r, int64_t o0, int64_t ob,
+			 float *op, float *y)
 {
 	const int64_t cg = d->c / d->groups, og = d->o / d->groups, grp = o0 / og;
 	const float *xg = xp + grp * cg * g->plane, *wg = w + o0 * cg * g->taps;
 	const float *bg = b ? b + o0 : NULL;
+	const int late = !d->pool && (r || (d->relu && d->cap > 0.0f)), relu = d->relu && !late;
 
 #ifdef HAVE_DIRECT_AVX512
 	for (int64_t j = 0; j < ob;) {
@@ -903,16 +979,16 @@ static void direct_block(const ds_conv2d_dims *d, const struct direct_geom *g, c
 		const float *wj = wg + j * cg * g->taps, *bj = bg ? bg + j : NULL;
 
 		if (left >= 8) {
-			direct_rows_8(g, xg, cg, wj, bj, d->relu, oj);
+			direct_rows_8(g, xg, cg, wj, bj, relu, oj);
 			j += 8;
 		} else if (left >= 4) {
-			direct_rows_4(g, xg, cg, wj, bj, d->relu, oj);
+			direct_rows_4(g, xg, cg, wj, bj, relu, oj);
 			j += 4;
 		} else if (left >= 2) {
-			direct_rows_2(g, xg, cg, wj, bj, d->relu, oj);
+			direct_rows_2(g, xg, cg, wj, bj, relu, oj);
 			j += 2;
 		} else {
-			direct_rows_1(g, xg, cg, wj, bj, d->relu, oj);
+			direct_rows_1(g, xg, cg, wj, bj, relu, oj);
 			j += 1;
 		}
 	}
@@ -920,6 +996,7 @@ static void direct_block(const ds_conv2d_dims *d, const struct direct_geom *g, c
 	(void)xg;
 	(void)wg;
 	(void)bg;
+	(void)relu;
 #endif
 	for (int64_t oc = o0; oc < o0 + ob; oc++) {
 		const float *src = op + oc * g->pv;
@@ -937,12 +1014,27 @@ static void direct_block(const ds_conv2d_dims *d, const struct direct_geom *g, c
 			ds_max_pool_2x2_plane(src, g->gw, d->oh / 2, d->ow / 2, dst);
 			continue;
 		}
+		if (late) {
+			const float *rc = r ? r + oc * out_plane(d) : NULL;
+
+			for (int64_t oy = 0; oy < d->oh; oy++)
+				epilogue(d, src + oy * g->gw, -0.0f, rc ? rc + oy * d->ow : NULL, d->ow,
+					 dst + oy * d->ow);
+			continue;
+		}
 		if (g->gw == d->ow) {
 			memcpy(dst, src, (size_t)(d->oh * d->ow) * sizeof *dst);
 			continue;
 		}
-		for (int64_t oy = 0; oy < d->oh; oy++)
-			memcpy(dst + oy * d->ow, src + oy * g->gw, (size_t)d->ow * sizeof *dst);
+		/* Rows of a few floats: a loop, not a memcpy call each. */
+		for (int64_t oy = 0; oy < d->oh; oy++) {
+			const float *sr = src + oy * g->gw;
+			float *dr = dst + oy * d->ow;
+
+#pragma omp simd
+			for (int64_t ox = 0; ox < d->ow; ox++)
+				dr[ox] = sr[ox];
+		}
 	}
 }
 
@@ -970,7 +1062,7 @@ static void direct_block_at(const ds_conv2d_dims *d, int64_t blk, int64_t *o0, i
 /* Images are shared out between the threads; fewer images than threads
  * share each image's channel blocks instead. */
 static void direct_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
-			   float *y, float *ws)
+			   const float *r, float *y, float *ws)
 {
 	struct direct_geom g;
 	const int64_t in_img = d->c * d->h * d->w, out_img = d->o * out_plane(d);
@@ -994,7 +1086,8 @@ static void direct_forward(const ds_conv2d_dims *d, const float *x, const float 
 					int64_t o0, ob;
 
 					direct_block_at(d, blk, &o0, &ob);
-					direct_block(d, &g, xp, w, b, o0, ob, op, y + i * out_img);
+					direct_block(d, &g, xp, w, b, r ? r + i * out_img : NULL, o0, ob, op,
+						     y + i * out_img);
 				}
 			}
 		} else {
@@ -1009,7 +1102,8 @@ static void direct_forward(const ds_conv2d_dims *d, const float *x, const float 
 					int64_t o0, ob;
 
 					direct_block_at(d, blk, &o0, &ob);
-					direct_block(d, &g, xp, w, b, o0, ob, op, y + i * out_img);
+					direct_block(d, &g, xp, w, b, r ? r + i * out_img : NULL, o0, ob, op,
+						     y + i * out_img);
 				}
 			}
 		}
@@ -1062,35 +1156,35 @@ static void pooled_forward(const ds_conv2d_dims *d, const float *x, const float 
 	}
 }
 
-void ds_conv2d_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
-		       float *y, float *ws)
+void ds_conv2d_forward_res(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
+			   const float *r, float *y, float *ws)
 {
-	int64_t n = d->n * d->o * d->oh * d->ow;
-
+	/* Every kernel applies its epilogue (bias, residual, ReLU) while its
+	 * output is in cache. */
 	if (d->pool && !direct_fits(d)) {
 		pooled_forward(d, x, w, b, y, ws);
 		return;
 	}
 	switch (ds_conv2d_kind_of(d)) {
 	case DS_CONV2D_DEPTHWISE:
-		depthwise_forward(d, x, w, b, y);
+		depthwise_forward(d, x, w, b, r, y);
 		break;
 	case DS_CONV2D_POINTWISE:
-		pointwise_forward(d, x, w, b, y);
+		pointwise_forward(d, x, w, b, r, y);
 		break;
 	case DS_CONV2D_IM2COL:
-		if (direct_fits(d)) {
-			direct_forward(d, x, w, b, y, ws);
-			return;
-		}
-		ds_conv2d_forward_chunked(d, ds_conv2d_chunk(d), x, w, b, y, ws);
+		if (direct_fits(d))
+			direct_forward(d, x, w, b, r, y, ws);
+		else
+			chunked_forward_res(d, ds_conv2d_chunk(d), x, w, b, r, y, ws);
 		break;
 	}
-	if (d->relu) {
-#pragma omp parallel for simd schedule(static) if (n >= ((int64_t)1 << 15))
-		for (int64_t i = 0; i < n; i++)
-			y[i] = y[i] > 0.0f ? y[i] : 0.0f;
-	}
+}
+
+void ds_conv2d_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
+		       float *y, float *ws)
+{
+	ds_conv2d_forward_res(d, x, w, b, NULL, y, ws);
 }
 
 void ds_conv2d_backward(const ds_conv2d_dims *d, const float *x, const float *w, const float *gy,
@@ -1163,6 +1257,8 @@ void ds_conv2d_forward_ref(const ds_conv2d_dims *d, const float *x, const float 
 								s += (double)x[((i * d->c + ch) * d->h + iy) * d->w + ix] *
 								     w[((oc * cg + cc) * d->kh + ki) * d->kw + kj];
 							}
+					if (d->relu && d->cap > 0 && s > d->cap)
+						s = d->cap;
 					y[((i * d->o + oc) * d->oh + oy) * d->ow + ox] =
 						d->relu && s < 0 ? 0.0f : (float)s;
 				}

@@ -47,10 +47,24 @@ typedef struct ds_conv2d_dims {
 	int64_t oh, ow;              /* output */
 	int64_t sh, sw, ph, pw, dh, dw;
 	int64_t groups;
-	int relu;                    /* forward only: ReLU after the bias */
+	int relu;                    /* forward only: ReLU after the bias (and the
+				      * residual, when there is one) */
+	float cap;                   /* forward only, with relu: an upper clamp (6 for
+				      * ReLU6); 0 is none */
 	int pool;                    /* forward only: a 2x2, stride-2 max-pool after the
 				      * ReLU; y is then [n, o, oh / 2, ow / 2] */
+	int tactic;                  /* a ds_conv2d_tactic: what ds-optimize --tune chose */
+	int64_t chunk;               /* images per im2col GEMM; 0: from the image size */
 } ds_conv2d_dims;
+
+/* A kernel choice recorded in the model.  A choice this CPU cannot take
+ * (direct without AVX-512) falls back to the default: a tuned model runs
+ * anywhere. */
+typedef enum ds_conv2d_tactic {
+	DS_CONV2D_TACTIC_AUTO,
+	DS_CONV2D_TACTIC_DIRECT,     /* the direct kernel where it applies */
+	DS_CONV2D_TACTIC_GEMM        /* im2col + GEMM even where direct applies */
+} ds_conv2d_tactic;
 
 /* Which kernel a convolution takes. */
 typedef enum ds_conv2d_kind {
@@ -70,13 +84,20 @@ size_t ds_conv2d_workspace(const ds_conv2d_dims *d);
 
 void ds_conv2d_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
 		       float *y, float *ws);
+/* The same with a residual r shaped like y (NULL: none) added after the
+ * bias and before the ReLU, as a separate add node would: y = relu(conv +
+ * b + r), the sum rounded in that order, so the result is the unfused
+ * graph's bit for bit.  No pool with a residual. */
+void ds_conv2d_forward_res(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
+			   const float *r, float *y, float *ws);
 void ds_conv2d_backward(const ds_conv2d_dims *d, const float *x, const float *w, const float *gy,
 			float *gx, float *gw, float *gb, float *ws);
 /* The seven loops, for tests. */
 void ds_conv2d_forward_ref(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
 			   float *y);
 /* The im2col path with a chosen chunk, whatever the kind, for tests and
- * timing; ws holds ds_conv2d_workspace_chunk(d, chunk) floats. */
+ * timing (ReLU included, no pool); ws holds ds_conv2d_workspace_chunk(d,
+ * chunk) floats. */
 size_t ds_conv2d_workspace_chunk(const ds_conv2d_dims *d, int64_t chunk);
 void ds_conv2d_forward_chunked(const ds_conv2d_dims *d, int64_t chunk, const float *x,
 			       const float *w, const float *b, float *y, float *ws);

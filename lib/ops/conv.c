@@ -1,13 +1,19 @@
 /* conv.c - convolution: conv2d over NCHW, with stride, padding, dilation and
- * groups (groups == channels is depthwise). */
+ * groups (groups == channels is depthwise).
+ *
+ * An optional fourth input, the residual (ds-optimize's fuse-add writes
+ * it, after a bias), is added to the output after the bias and before the
+ * fused activation: y = act(conv(x, w) + b + r), rounded as the add node it
+ * replaces rounded it. */
 #include "config.h"
 #include "ops.h"
 #include "cpu/conv.h"
 #include "cpu/elementwise.h"
 
 #include <inttypes.h>
+#include <string.h>
 
-static const char *const conv2d_attrs[] = { "stride", "padding", "dilation", "groups", "activation", "pool", NULL };
+static const char *const conv2d_attrs[] = { "stride", "padding", "dilation", "groups", "activation", "pool", "kernel", "chunk", NULL };
 /* "pool": a max-pool fused after the activation (ds-optimize writes it). */
 static const char *const pool_kinds[] = { "none", "max_2x2", NULL };
 
@@ -15,7 +21,13 @@ struct conv_params {
 	int64_t stride[2], pad[2], dil[2], groups;
 	int act;                     /* ds_op_epilogue */
 	int pool;                    /* index in pool_kinds */
+	int tactic;                  /* index in tactic_kinds: a ds_conv2d_tactic */
+	int64_t chunk;               /* images per im2col GEMM, 0: the kernel's choice */
 };
+
+/* "kernel" and "chunk" are what ds-optimize --tune measured fastest on the
+ * machine that tuned the model: a preference, never a different result. */
+static const char *const tactic_kinds[] = { "auto", "direct", "gemm", NULL };
 
 static int conv_params(const ds_node *node, struct conv_params *p, ds_error *err)
 {
@@ -26,7 +38,9 @@ static int conv_params(const ds_node *node, struct conv_params *p, ds_error *err
 	    (rc = ds_op_attr_pair(node, "dilation", 1, 1, p->dil, err)) ||
 	    (rc = ds_op_attr_int(node, "groups", 1, 1, DS_OP_ATTR_MAX, &p->groups, err)) ||
 	    (rc = ds_op_epilogue(node, &p->act, err)) ||
-	    (rc = ds_op_attr_choice(node, "pool", pool_kinds, 0, &p->pool, err)))
+	    (rc = ds_op_attr_choice(node, "pool", pool_kinds, 0, &p->pool, err)) ||
+	    (rc = ds_op_attr_choice(node, "kernel", tactic_kinds, 0, &p->tactic, err)) ||
+	    (rc = ds_op_attr_int(node, "chunk", 0, 0, 4096, &p->chunk, err)))
 		return rc;
 	/* The pool runs after the epilogue inside the kernel, which applies
 	 * only ReLU itself: other activations would come after the pool. */
@@ -66,6 +80,9 @@ static int conv2d_infer(const ds_node *node, const ds_shape *in, int n_in, ds_sh
 				    p.groups);
 	if (n_in > 2 && (rc = ds_op_check_vector(node, in, 2, w->dim[0], err)))
 		return rc;
+	if (n_in > 3 && p.pool)
+		return ds_error_set(err, DS_ERR_DATA, "bad_attr",
+				    "attribute 'pool': a convolution with a residual input takes no pool");
 	if ((rc = ds_op_window_out(node, "height", x->dim[2], w->dim[2], p.stride[0], p.pad[0],
 				   p.dil[0], 0, &oh, err)) ||
 	    (rc = ds_op_window_out(node, "width", x->dim[3], w->dim[3], p.stride[1], p.pad[1],
@@ -85,6 +102,14 @@ static int conv2d_infer(const ds_node *node, const ds_shape *in, int n_in, ds_sh
 	out[0].dim[1] = w->dim[0];
 	out[0].dim[2] = oh;
 	out[0].dim[3] = ow;
+	if (n_in > 3 && (in[3].ndim != 4 || memcmp(in[3].dim, out[0].dim, sizeof out[0].dim[0] * 4) ||
+			 in[3].dtype != x->dtype)) {
+		char os[128], rs[128];
+
+		return ds_error_set(err, DS_ERR_DATA, "shape_mismatch",
+				    "residual '%s' %s is not shaped like the output %s", ds_node_input(node, 3),
+				    ds_op_shape_text(&in[3], rs, sizeof rs), ds_op_shape_text(&out[0], os, sizeof os));
+	}
 	return 0;
 }
 
@@ -92,7 +117,8 @@ static int conv_dims(const ds_node *node, const int64_t *x, const int64_t *w, co
 		     ds_conv2d_dims *d, ds_error *err);
 
 /* 2 per multiply-add over the filter window, plus 1 per output for the
- * bias; a fused pool adds its 4 compares per pooled output. */
+ * bias and 1 for a residual; a fused pool adds its 4 compares per pooled
+ * output. */
 static int64_t conv2d_flops(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out)
 {
 	int64_t window = ds_op_sat_mul(ds_op_sat_mul(in[1].dim[1], in[1].dim[2]), in[1].dim[3]);
@@ -104,6 +130,8 @@ static int64_t conv2d_flops(const ds_node *node, const ds_shape *in, int n_in, c
 		outs = ds_op_sat_mul(ds_op_sat_mul(d.n, d.o), ds_op_sat_mul(d.oh, d.ow));
 	}
 	f = ds_op_sat_add(ds_op_sat_mul(ds_op_sat_mul(outs, window), 2), pooled);
+	if (n_in > 3)
+		f = ds_op_sat_add(f, outs);
 	return n_in > 2 ? ds_op_sat_add(f, outs) : f;
 }
 
@@ -129,7 +157,9 @@ static int conv_dims(const ds_node *node, const int64_t *x, const int64_t *w, co
 		.o = w[0], .kh = w[2], .kw = w[3], .oh = oh, .ow = ow,
 		.sh = p.stride[0], .sw = p.stride[1], .ph = p.pad[0], .pw = p.pad[1],
 		.dh = p.dil[0], .dw = p.dil[1], .groups = p.groups,
-		.relu = p.act == 1 + DS_CPU_RELU, .pool = p.pool,
+		.relu = p.act == 1 + DS_CPU_RELU || p.act == 1 + DS_CPU_RELU6,
+		.cap = p.act == 1 + DS_CPU_RELU6 ? 6.0f : 0.0f, .pool = p.pool,
+		.tactic = p.tactic, .chunk = p.chunk,
 	};
 	return 0;
 }
@@ -152,9 +182,10 @@ static int conv2d_forward_cpu(const ds_op_args *a, ds_error *err)
 	if ((rc = conv_dims(a->node, a->in[0]->shape, a->in[1]->shape, a->out[0]->shape, &d, err)) ||
 	    (rc = ds_op_epilogue(a->node, &act, err)))
 		return rc;
-	ds_conv2d_forward(&d, a->in[0]->data, a->in[1]->data, a->n_in > 2 ? a->in[2]->data : NULL,
-			  a->out[0]->data, a->workspace);
-	/* ReLU is applied inside the kernels; other epilogues in place after. */
+	ds_conv2d_forward_res(&d, a->in[0]->data, a->in[1]->data, a->n_in > 2 ? a->in[2]->data : NULL,
+			      a->n_in > 3 ? a->in[3]->data : NULL, a->out[0]->data, a->workspace);
+	/* ReLU and ReLU6 are applied inside the kernels, after the residual;
+	 * other epilogues in place after. */
 	if (act && !d.relu)
 		ds_cpu_act_forward((ds_cpu_act)(act - 1), 0.0f, a->out[0]->data, a->out[0]->data,
 				   ds_tensor_numel(a->out[0]));
@@ -183,6 +214,8 @@ static int conv2d_backward_cpu(const ds_op_args *a, ds_error *err)
 		return refuse_fused_backward(a, "activation", err);
 	if (d.pool)
 		return refuse_fused_backward(a, "pool", err);
+	if (a->n_in > 3)
+		return refuse_fused_backward(a, "residual", err);
 	ds_conv2d_backward(&d, a->in[0]->data, a->in[1]->data, a->grad_out[0]->data,
 			   gx ? gx->data : NULL, gw ? gw->data : NULL, gb ? gb->data : NULL,
 			   a->workspace);
@@ -190,7 +223,7 @@ static int conv2d_backward_cpu(const ds_op_args *a, ds_error *err)
 }
 
 const ds_op ds_ops_conv[] = {
-	{ .name = "conv2d", .min_inputs = 2, .max_inputs = 3, .num_outputs = 1, .attrs = conv2d_attrs, .infer = conv2d_infer, .flops = conv2d_flops,
+	{ .name = "conv2d", .min_inputs = 2, .max_inputs = 4, .num_outputs = 1, .attrs = conv2d_attrs, .infer = conv2d_infer, .flops = conv2d_flops,
 	  .forward = { [DS_BACKEND_CPU] = conv2d_forward_cpu }, .backward = { [DS_BACKEND_CPU] = conv2d_backward_cpu },
 	  .workspace = conv2d_workspace, .backward_needs = DS_NEEDS_IN(0) | DS_NEEDS_IN(1) },
 	{ .name = NULL },
