@@ -7,6 +7,14 @@
 
 #define DS_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Seconds on the monotonic clock, for durations (lib/progress.c). */
+double ds_seconds(void);
+
+/* Rewrite a training graph's document (lib/train_graph.c) into one that
+ * computes the same loss and gradients with less work (relu after
+ * max_pool); *rewrites counts them.  params: names already taken. */
+int ds_train_graph_rewrite(json_t *graph, const ds_container *params, int *rewrites, ds_error *err);
+
 /* Allocation that reports through err: NULL and status 4 on failure. */
 void *ds_malloc(size_t bytes, ds_error *err);
 void *ds_calloc(size_t count, size_t size, ds_error *err);

@@ -180,7 +180,7 @@ static int training_graph(struct trainer *t, ds_error *err)
 	json_t *graph = NULL, *nodes, *node, *outputs;
 	char *text = NULL;
 	size_t i;
-	int rc;
+	int rc, rewrites = 0;
 
 	if ((rc = ds_container_meta_json(t->model, "ds.graph", &graph, err)))
 		return rc;
@@ -239,6 +239,10 @@ static int training_graph(struct trainer *t, ds_error *err)
 						       "inputs", "ds.train.loss.hard", "ds.train.loss.soft", "outputs", LOSS_VALUE));
 	}
 	json_array_insert_new(outputs, 0, json_string(LOSS_VALUE));
+	if ((rc = ds_train_graph_rewrite(graph, t->model, &rewrites, err)))
+		goto out;
+	if (rewrites)
+		ds_log_verbose(t->cli, "training graph: %d ReLU moved after max_pool", rewrites);
 	if (!(text = json_dumps(graph, JSON_COMPACT))) {
 		rc = nomem(err);
 		goto out;
@@ -851,6 +855,20 @@ static int check_teacher(struct trainer *t, ds_error *err)
 	return 0;
 }
 
+/* --qat: fake quantization where ds-quantize will quantize, before the
+ * training graph is built on the model's graph. */
+static int prepare_qat(struct trainer *t, ds_error *err)
+{
+	json_t *report = NULL;
+	int rc = ds_quantize_prepare_qat(t->model, t->cli, &report, err);
+
+	/* ds_quantize_prepare_qat logs what it added (-v). */
+	json_decref(report);
+	if (rc)
+		ds_error_prefix(err, "--qat: %s", t->o.finetune ? t->o.finetune : t->o.resume ? t->o.resume : "model");
+	return rc;
+}
+
 static int setup(struct trainer *t, ds_error *err)
 {
 	ds_train_options *o = &t->o;
@@ -883,7 +901,8 @@ static int setup(struct trainer *t, ds_error *err)
 				    "--temperature must be above 0 and --distill-weight in [0, 1]");
 	if (o->teacher && (rc = load_teacher(t, err)))
 		return rc;
-	if ((rc = load_model(t, err)) || (rc = training_graph(t, err)) || (rc = find_classes(t, err)))
+	if ((rc = load_model(t, err)) || (o->qat && (rc = prepare_qat(t, err))) || (rc = training_graph(t, err)) ||
+	    (rc = find_classes(t, err)))
 		return rc;
 	if (o->teacher && (rc = check_teacher(t, err)))
 		return rc;
@@ -971,6 +990,8 @@ int ds_train_run(const ds_train_options *opts, json_t **summary, ds_error *err)
 		figures = json_pack("{s:I, s:I, s:f}", "epochs", (json_int_t)json_array_size(t.epochs),
 				    "steps", (json_int_t)t.step, "images_per_second",
 				    t.train_seconds > 0 ? (double)t.images / t.train_seconds : 0.0);
+		if (figures && t.o.qat)
+			json_object_set_new(figures, "qat", json_true());
 		if (last && json_object_get(last, "loss"))
 			json_object_set(figures, "final_loss", json_object_get(last, "loss"));
 		if (last && json_object_get(last, "val_accuracy")) {
