@@ -35,6 +35,34 @@ def measure(run, batch, min_time, warmup=1.0):
             "ms_min": float(ms.min()), "runs": len(ms)}
 
 
+def export_onnx(model, path):
+    """The model as ONNX with a dynamic batch: input "x", output "logits"."""
+    shape = [1] + model.input_shape[1:]
+    with torch.inference_mode():
+        torch.onnx.export(model, torch.rand(shape), path, input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, opset_version=17, dynamo=False)
+    return path
+
+
+def ort_session(path, threads):
+    """An ONNX Runtime CPU session on THREADS intra-op threads, sequential."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def ov_compile(core, ov_model, shape, threads):
+    """OV_MODEL reshaped to the static input SHAPE and compiled for the CPU on THREADS threads."""
+    ov_model.reshape({ov_model.input(0).get_any_name(): list(shape)})
+    return core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                "PERFORMANCE_HINT": "LATENCY",
+                                                "INFERENCE_PRECISION_HINT": "f32"})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -47,21 +75,13 @@ def main():
     torch.set_num_threads(o.threads)
     model = dsm_torch.DsModel(o.model).eval()
     shape = [1] + model.input_shape[1:]
-    onnx_path = os.path.join(o.work, os.path.basename(o.model).rsplit(".", 1)[0] + ".onnx")
-    with torch.inference_mode():
-        torch.onnx.export(model, torch.rand(shape), onnx_path, input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, opset_version=17, dynamo=False)
+    onnx_path = export_onnx(model, os.path.join(o.work, os.path.basename(o.model).rsplit(".", 1)[0] + ".onnx"))
     peers = o.peers.split(",")
     versions = {"torch": torch.__version__}
     sessions = {}
     if "onnxruntime" in peers:
         import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = o.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sessions["onnxruntime"] = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+        sessions["onnxruntime"] = ort_session(onnx_path, o.threads)
         versions["onnxruntime"] = ort.__version__
     if "openvino" in peers:
         import openvino as ov
@@ -85,10 +105,7 @@ def main():
             sess = sessions["onnxruntime"]
             runs["onnxruntime"] = (lambda: sess.run(None, {"x": x}), sess.run(None, {"x": x})[0])
         if "openvino" in peers:
-            ov_model.reshape({"x": [batch] + shape[1:]})
-            compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": o.threads,
-                                                            "PERFORMANCE_HINT": "LATENCY",
-                                                            "INFERENCE_PRECISION_HINT": "f32"})
+            compiled = ov_compile(core, ov_model, [batch] + shape[1:], o.threads)
             req = compiled.create_infer_request()
             out = req.infer({0: x})[compiled.output(0)]
             runs["openvino"] = (lambda: req.infer({0: x}), out)
