@@ -37,6 +37,7 @@ static const ds_option options[] = {
 	{ "distill-weight", 0, DS_OPT_FLOAT, "W", "weight of the distillation loss", NULL, "0.5" },
 	{ "sparsity", 0, DS_OPT_FLOAT, "L", "L1 penalty on batch-norm scales, to prepare for ds-prune (0: off)", NULL, "0" },
 	{ "qat", 0, DS_OPT_FLAG, NULL, "quantization-aware training: fold batch norm, fake-quantize what ds-quantize will quantize", NULL, NULL },
+	{ "profile", 0, DS_OPT_FLAG, NULL, "time every node's forward and backward pass and print a table of where a step goes", NULL, NULL },
 	{ NULL, 0, 0, NULL, NULL, NULL, NULL }
 };
 
@@ -108,6 +109,7 @@ int main(int argc, char **argv)
 	o.distill_weight = ds_cli_float(cli, "distill-weight");
 	o.sparsity = ds_cli_float(cli, "sparsity");
 	o.qat = ds_cli_flag(cli, "qat");
+	o.profile = ds_cli_flag(cli, "profile");
 	o.seed = (uint64_t)ds_cli_int(cli, "seed");
 	o.device = ds_cli_device(cli);
 	o.cli = cli;

@@ -825,6 +825,7 @@ typedef struct ds_train_options {
 	double temperature, distill_weight;
 	double sparsity;             /* L1 penalty on batch-norm scales (network slimming); 0: off */
 	int qat;                     /* quantization-aware: ds_quantize_prepare_qat before training */
+	int profile;                 /* per-node milliseconds a step in the summary's "profile" */
 	uint64_t seed;
 	ds_device device;
 	const ds_cli *cli;           /* progress, --log events, history; may be NULL */

@@ -123,15 +123,12 @@ struct trainer {
 	double train_seconds;
 	int64_t images;
 	ds_progress *progress;
+
+	/* --profile: whole steps and the optimizer's part of them */
+	double prof_step_s, prof_optim_s;
+	int64_t prof_steps;
 };
 
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int nomem(ds_error *err)
 {
@@ -537,6 +534,8 @@ static int forward_batch(struct trainer *t, const ds_tensor *x, const ds_tensor 
 			return ds_error_set(err, DS_ERR_RUN, "plan", "the teacher's plan kept no logits");
 		memcpy(pt->data, tl->data, (size_t)n * (size_t)t->teacher_classes * sizeof(float));
 	}
+	/* Only training steps count: evaluation runs the same plan. */
+	ds_plan_profile(t->plan, training && t->o.profile);
 	if ((rc = ds_plan_forward(t->plan, training, key, err)))
 		return rc;
 	pl = ds_plan_tensor(t->plan, LOSS_VALUE);
@@ -630,7 +629,7 @@ static int train_step(struct trainer *t, int64_t *n_items, double *step_loss, ds
 {
 	int64_t left = ds_loader_batches(t->loader) - t->batch;
 	int64_t group = left < t->o.accum ? left : t->o.accum;
-	double loss_sum = 0;
+	double loss_sum = 0, t0 = t->o.profile ? ds_seconds() : 0, t1 = 0;
 	int64_t items = 0;
 	int rc;
 
@@ -667,9 +666,18 @@ static int train_step(struct trainer *t, int64_t *n_items, double *step_loss, ds
 		add_sparsity(t);
 	if (t->o.clip > 0)
 		ds_plan_clip_grad_norm(t->plan, t->o.clip);
+	if (t->o.profile)
+		t1 = ds_seconds();
 	if ((rc = ds_optim_step(t->opt, ds_schedule_lr(&t->o.schedule, t->step), err)))
 		return rc;
 	ds_plan_zero_grad(t->plan);
+	if (t->o.profile) {
+		double t2 = ds_seconds();
+
+		t->prof_optim_s += t2 - t1;
+		t->prof_step_s += t2 - t0;
+		t->prof_steps++;
+	}
 	t->batch += group;
 	t->step++;
 	*n_items = items;
@@ -726,7 +734,7 @@ static int run_epochs(struct trainer *t, ds_error *err)
 	int rc = 0;
 
 	while (t->epoch < t->o.epochs) {
-		double t0 = now(), seconds = 0;
+		double t0 = ds_seconds(), seconds = 0;
 		int64_t images = 0;
 		char what[64];
 
@@ -737,7 +745,7 @@ static int run_epochs(struct trainer *t, ds_error *err)
 		ds_progress_update(t->progress, (uint64_t)t->batch);
 		for (;;) {
 			int64_t n;
-			double loss, s0 = now();
+			double loss, s0 = ds_seconds();
 
 			if (t->o.max_steps > 0 && t->step >= t->o.max_steps)
 				break;
@@ -745,7 +753,7 @@ static int run_epochs(struct trainer *t, ds_error *err)
 				goto out;
 			if (!n)
 				break;
-			seconds += now() - s0;
+			seconds += ds_seconds() - s0;
 			images += n;
 			ds_progress_update(t->progress, (uint64_t)t->batch);
 			{
@@ -778,7 +786,7 @@ static int run_epochs(struct trainer *t, ds_error *err)
 		t->images += images;
 		if (t->o.max_steps > 0 && t->step >= t->o.max_steps && t->batch < ds_loader_batches(t->loader))
 			break;
-		if ((rc = log_epoch(t, now() - t0, images, err)))
+		if ((rc = log_epoch(t, ds_seconds() - t0, images, err)))
 			goto out;
 		t->epoch++;
 		t->batch = 0;
@@ -853,6 +861,43 @@ static int check_teacher(struct trainer *t, ds_error *err)
 				    "%s: the teacher has %" PRId64 " classes, the student %" PRId64, t->o.teacher,
 				    t->teacher_classes, t->classes);
 	return 0;
+}
+
+/* --profile: milliseconds a step per node, forward and backward, then the
+ * optimizer (with zeroing the gradients) and the rest of the step (loading
+ * the batch, reading the loss); pct of the whole step. */
+static json_t *profile_table(struct trainer *t)
+{
+	json_t *rows = json_array();
+	double steps = t->prof_steps ? (double)t->prof_steps : 1, nodes_s = 0;
+
+	if (!rows)
+		return NULL;
+	for (size_t k = 0; k < ds_plan_node_count(t->plan); k++) {
+		ds_node_profile np;
+
+		ds_plan_node_profile(t->plan, k, &np);
+		nodes_s += np.forward_s + np.backward_s;
+		if (json_array_append_new(rows, json_pack("{s:s, s:s, s:f, s:f, s:f}", "node", np.name, "op", np.op,
+							  "forward_ms", np.forward_s * 1e3 / steps,
+							  "backward_ms", np.backward_s * 1e3 / steps, "pct",
+							  t->prof_step_s > 0 ? 100.0 * (np.forward_s + np.backward_s) /
+										t->prof_step_s : 0.0)))
+			goto fail;
+	}
+	if (json_array_append_new(rows, json_pack("{s:s, s:s, s:f, s:f, s:f}", "node", "(optimizer)", "op",
+						  t->o.optim.kind, "forward_ms", 0.0, "backward_ms",
+						  t->prof_optim_s * 1e3 / steps, "pct",
+						  t->prof_step_s > 0 ? 100.0 * t->prof_optim_s / t->prof_step_s : 0.0)) ||
+	    json_array_append_new(rows, json_pack("{s:s, s:s, s:f, s:f, s:f}", "node", "(rest of the step)", "op", "-",
+						  "forward_ms", 0.0, "backward_ms", 0.0, "pct",
+						  t->prof_step_s > 0 ? 100.0 * (t->prof_step_s - t->prof_optim_s - nodes_s) /
+									 t->prof_step_s : 0.0)))
+		goto fail;
+	return rows;
+fail:
+	json_decref(rows);
+	return NULL;
 }
 
 /* --qat: fake quantization where ds-quantize will quantize, before the
@@ -1007,6 +1052,14 @@ int ds_train_run(const ds_train_options *opts, json_t **summary, ds_error *err)
 			     "parameters", (json_int_t)ds_graph_param_count(t.g), "classes", (json_int_t)t.classes,
 			     "figures", figures, "epochs", t.epochs);
 	t.epochs = NULL;
+	if (*summary && t.o.profile) {
+		json_t *rows = profile_table(&t);
+
+		if (!rows || json_object_set_new(*summary, "profile", rows)) {
+			rc = nomem(err);
+			goto out;
+		}
+	}
 out:
 	json_decref(figures);
 	json_decref(t.epochs);

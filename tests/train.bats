@@ -2,6 +2,8 @@
 # ds-train: models it writes are complete, training learns, bad data and bad
 # runs stop with the documented status, checkpoints resume bit for bit.
 
+bats_require_minimum_version 1.5.0
+
 load helpers
 
 setup() {
@@ -308,4 +310,24 @@ PY
 	"$PY" -c "import sys; sys.exit(0 if $slim < $plain - 1 else 1)"
 	run ds-train -q --data "$T/d.dst" --sparsity -1 -o "$T/bad.dsm"
 	[ "$status" -eq 2 ]
+}
+
+@test "--profile: a row per node with forward and backward times, then the optimizer; the percentages add up" {
+	data
+	run --separate-stderr ds-train --data "$T/d.dst" --arch cnn-small --epochs 1 --profile --format json -o "$T/m.dsm"
+	[ "$status" -eq 0 ] || { echo "$stderr"; false; }
+	echo "$stderr" | sed -n '/^{/,$p' > "$T/s.json"
+	"$PY" - "$T/s.json" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))["profile"]
+names = [r["node"] for r in rows]
+assert names[-2:] == ["(optimizer)", "(rest of the step)"], names
+assert {"conv1", "conv2", "fc1", "fc2"} <= set(names), names
+conv2 = [r for r in rows if r["node"] == "conv2"][0]
+assert conv2["op"] == "conv2d" and conv2["forward_ms"] > 0 and conv2["backward_ms"] > 0, conv2
+assert abs(sum(r["pct"] for r in rows) - 100) < 1e-6, rows
+PY
+	# Without the flag there is no table.
+	run --separate-stderr ds-train --data "$T/d.dst" --arch mlp --epochs 1 --format json -o "$T/m2.dsm"
+	[[ "$stderr" != *'"profile"'* ]]
 }

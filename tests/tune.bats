@@ -3,6 +3,8 @@
 # a matter of timing, so the tests check the records' form and that every
 # record computes what the default kernels compute, never which one won.
 
+bats_require_minimum_version 1.5.0
+
 load helpers
 
 setup() {
