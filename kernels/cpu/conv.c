@@ -129,6 +129,10 @@ static void epilogue(const ds_conv2d_dims *d, const float *src, float bias, cons
 
 static int direct_fits(const ds_conv2d_dims *d);
 static int64_t direct_slice(const ds_conv2d_dims *d);
+static int grad_input_direct(const ds_conv2d_dims *d, ds_conv2d_dims *e);
+static int wgrad_direct(const ds_conv2d_dims *d, int64_t chunk);
+static void wgrad_image(const ds_conv2d_dims *d, const float *x, const float *gy, float *xt, float *gwt);
+static size_t grad_input_workspace(const ds_conv2d_dims *d);
 
 ds_conv2d_kind ds_conv2d_kind_of(const ds_conv2d_dims *d)
 {
@@ -174,8 +178,9 @@ size_t ds_conv2d_workspace(const ds_conv2d_dims *d)
 	switch (ds_conv2d_kind_of(d)) {
 	case DS_CONV2D_IM2COL:
 		if (direct_fits(d))
-			return (size_t)max64((int64_t)ds_conv2d_workspace_chunk(d, ds_conv2d_chunk(d)),
-					     ds_kernel_threads() * direct_slice(d));
+			return (size_t)max64(max64((int64_t)ds_conv2d_workspace_chunk(d, ds_conv2d_chunk(d)),
+						   ds_kernel_threads() * direct_slice(d)),
+					     (int64_t)grad_input_workspace(d));
 		return ds_conv2d_workspace_chunk(d, ds_conv2d_chunk(d));
 	case DS_CONV2D_POINTWISE:
 		return ds_conv2d_workspace_chunk(d, 0);
@@ -317,6 +322,25 @@ static void reduce_partials(const float *ws, int64_t slice, int64_t at, int64_t 
 	}
 }
 
+/* reduce_partials for partials laid out [o][taps][c] (wgrad_image's), into
+ * gw's [o][c][taps]. */
+static void reduce_partials_turned(const ds_conv2d_dims *d, const float *ws, int64_t slice, int64_t at,
+				   int threads, float *gw)
+{
+	const int64_t taps = d->kh * d->kw, count = d->o * d->c * taps;
+
+#pragma omp barrier
+#pragma omp for schedule(static)
+	for (int64_t e = 0; e < count; e++) {
+		int64_t t = e % taps, ic = e / taps % d->c, oc = e / taps / d->c;
+		float s = 0;
+
+		for (int th = 0; th < threads; th++)
+			s += ws[th * slice + at + (oc * taps + t) * d->c + ic];
+		gw[e] += s;
+	}
+}
+
 static void chunked_forward_res(const ds_conv2d_dims *d, int64_t chunk, const float *x, const float *w,
 				const float *b, const float *r, float *y, float *ws)
 {
@@ -421,6 +445,7 @@ void ds_conv2d_backward_chunked(const ds_conv2d_dims *d, int64_t chunk, const fl
 	const int64_t k = d->c * d->kh * d->kw, p = d->oh * d->ow, in_img = d->c * d->h * d->w;
 	const int64_t og = d->o / d->groups, kg = k / d->groups, slice = slice_floats(d, chunk);
 	const int64_t gw_at = chunk * (k + d->o) * p;
+	const int turned = gw && wgrad_direct(d, chunk);
 
 	if (!gx && !gw) {
 		if (gb) {
@@ -447,7 +472,10 @@ void ds_conv2d_backward_chunked(const ds_conv2d_dims *d, int64_t chunk, const fl
 			/* One GEMM per image on its [o, pixel] block of gy and its
 			 * columns of the chunk: no transposed copy of gy (6% of a
 			 * training step of the reference CNN went to it). */
-			if (gw) {
+			if (gw && turned) {
+				for (int64_t i = b0; i < b0 + bc; i++)
+					wgrad_image(d, x + i * in_img, gy + i * d->o * p, col, gwp);
+			} else if (gw) {
 				im2col(d, x + b0 * in_img, bc, col, cols);
 				for (int64_t i = 0; i < bc; i++)
 					for (int64_t g = 0; g < d->groups; g++)
@@ -464,7 +492,9 @@ void ds_conv2d_backward_chunked(const ds_conv2d_dims *d, int64_t chunk, const fl
 				col2im_add(d, col, cols, bc, gx + b0 * in_img);
 			}
 		}
-		if (gw)
+		if (gw && turned)
+			reduce_partials_turned(d, ws, slice, gw_at, nt, gw);
+		else if (gw)
 			reduce_partials(ws, slice, gw_at, d->o * kg, nt, gw);
 	}
 }
@@ -1187,6 +1217,168 @@ void ds_conv2d_forward(const ds_conv2d_dims *d, const float *x, const float *w, 
 	ds_conv2d_forward_res(d, x, w, b, NULL, y, ws);
 }
 
+/* ------------------------------------------- weight gradient, 3 x 3
+ *
+ * gw[o][c][t] sums gy[o][q] * x[c][q + tap t] over the output positions q.
+ * With the padded image turned channels-last, sixteen channels at one
+ * position are one vector, so a thread keeps 3 filters x 9 taps of sums for
+ * 16 channels in 27 registers through a whole image: per position 9 loads,
+ * 3 broadcasts and 27 FMAs, and no horizontal sum anywhere.  The sums go to
+ * the thread's partial laid out [o][t][c], turned back when the threads'
+ * partials are added.  On the reference CNN's conv2 it replaces im2col and
+ * a GEMM of thin shape (64 x 288 x 196, about 120 GFLOP/s here); with the
+ * input gradient below, a training step went from 6,400 to 7,100 images/s
+ * (ds-train --profile: conv2's backward from 5.5 to 3.9 ms a batch). */
+
+#define WGRAD_OG 3
+
+static int wgrad_direct(const ds_conv2d_dims *d, int64_t chunk)
+{
+	/* The channels-last image goes where the columns would. */
+	int64_t hp = d->h + 2 * d->ph, wp = d->w + 2 * d->pw;
+
+	return d->kh == 3 && d->kw == 3 && d->groups == 1 && d->c % 16 == 0 &&
+	       hp * wp * d->c <= chunk * d->c * d->kh * d->kw * d->oh * d->ow &&
+	       d->tactic != DS_CONV2D_TACTIC_GEMM && direct_cpu_ok();
+}
+
+#ifdef HAVE_DIRECT_AVX512
+static inline __attribute__((always_inline, target("avx512f"))) void
+wgrad_block(const int og, const ds_conv2d_dims *d, const float *xt, int64_t wp, const float *gy, float *gwt)
+{
+	const int64_t c = d->c, p = d->oh * d->ow;
+	const int64_t rs = d->dh * wp * c, cs = d->dw * c;
+	/* Unrolled through: the 27 sums live in registers. */
+	__m512 acc[WGRAD_OG][9];
+
+#pragma GCC unroll 9
+	for (int j = 0; j < og; j++)
+#pragma GCC unroll 9
+		for (int t = 0; t < 9; t++)
+			acc[j][t] = _mm512_setzero_ps();
+	for (int64_t oy = 0; oy < d->oh; oy++) {
+		const float *xr = xt + oy * d->sh * wp * c, *gr = gy + oy * d->ow;
+
+		for (int64_t ox = 0; ox < d->ow; ox++) {
+			const float *xb = xr + ox * d->sw * c;
+			__m512 g[WGRAD_OG];
+
+#pragma GCC unroll 9
+			for (int j = 0; j < og; j++)
+				g[j] = _mm512_set1_ps(gr[j * p + ox]);
+#pragma GCC unroll 9
+			for (int ki = 0; ki < 3; ki++)
+#pragma GCC unroll 9
+				for (int kj = 0; kj < 3; kj++) {
+					__m512 xv = _mm512_loadu_ps(xb + ki * rs + kj * cs);
+
+					/* One load for og FMAs: GCC would fold it into each
+					 * of them, and loads are what this loop waits on. */
+					__asm__("" : "+v"(xv));
+
+#pragma GCC unroll 9
+					for (int j = 0; j < og; j++)
+						acc[j][ki * 3 + kj] = _mm512_fmadd_ps(g[j], xv, acc[j][ki * 3 + kj]);
+				}
+		}
+	}
+#pragma GCC unroll 9
+	for (int j = 0; j < og; j++)
+#pragma GCC unroll 9
+		for (int t = 0; t < 9; t++) {
+			float *dst = gwt + (j * 9 + t) * c;
+
+			_mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), acc[j][t]));
+		}
+}
+
+static __attribute__((target("avx512f"))) void wgrad_image(const ds_conv2d_dims *d, const float *x,
+							     const float *gy, float *xt, float *gwt)
+{
+	const int64_t hp = d->h + 2 * d->ph, wp = d->w + 2 * d->pw, c = d->c, p = d->oh * d->ow;
+
+	memset(xt, 0, (size_t)(hp * wp * c) * sizeof *xt);
+	for (int64_t ch = 0; ch < c; ch++)
+		for (int64_t iy = 0; iy < d->h; iy++) {
+			const float *src = x + (ch * d->h + iy) * d->w;
+			float *dst = xt + ((iy + d->ph) * wp + d->pw) * c + ch;
+
+			for (int64_t ix = 0; ix < d->w; ix++)
+				dst[ix * c] = src[ix];
+		}
+	for (int64_t o0 = 0; o0 < d->o; o0 += WGRAD_OG) {
+		int64_t og = min64(WGRAD_OG, d->o - o0);
+
+		for (int64_t cb = 0; cb < c; cb += 16) {
+			const float *xc = xt + cb, *go = gy + o0 * p;
+			float *gc = gwt + o0 * 9 * c + cb;
+
+			if (og == 3)
+				wgrad_block(3, d, xc, wp, go, gc);
+			else if (og == 2)
+				wgrad_block(2, d, xc, wp, go, gc);
+			else
+				wgrad_block(1, d, xc, wp, go, gc);
+		}
+	}
+}
+#else
+static void wgrad_image(const ds_conv2d_dims *d, const float *x, const float *gy, float *xt, float *gwt)
+{
+	/* wgrad_direct is 0 without AVX-512: never called. */
+	(void)d;
+	(void)x;
+	(void)gy;
+	(void)xt;
+	(void)gwt;
+}
+#endif
+
+/* ------------------------------------------ input gradient, stride 1
+ *
+ * At stride 1 and dilation 1 the input gradient is itself a convolution:
+ * gx = gy convolved with the filters turned [c, o, kh, kw] and flipped in
+ * both axes, padded kh - 1 - ph rows and kw - 1 - pw columns, which gives
+ * back the input's size.  The direct kernel runs it with gx as the residual,
+ * so it adds into gx as backward must, and neither the column gradient nor
+ * col2im's scattered adds exist: on the reference CNN's conv2 they were a
+ * third of its backward pass. */
+
+static int grad_input_direct(const ds_conv2d_dims *d, ds_conv2d_dims *e)
+{
+	if (d->sh != 1 || d->sw != 1 || d->dh != 1 || d->dw != 1 || d->groups != 1 || d->ph > d->kh - 1 ||
+	    d->pw > d->kw - 1 || d->tactic == DS_CONV2D_TACTIC_GEMM)
+		return 0;
+	*e = (ds_conv2d_dims){ .n = d->n, .c = d->o, .h = d->oh, .w = d->ow, .o = d->c, .kh = d->kh, .kw = d->kw,
+			       .oh = d->h, .ow = d->w, .sh = 1, .sw = 1, .ph = d->kh - 1 - d->ph,
+			       .pw = d->kw - 1 - d->pw, .dh = 1, .dw = 1, .groups = 1 };
+	return direct_fits(e);
+}
+
+/* Workspace of the direct input gradient: the kernel's slices, then the
+ * turned filters. */
+static size_t grad_input_workspace(const ds_conv2d_dims *d)
+{
+	ds_conv2d_dims e;
+
+	if (!grad_input_direct(d, &e))
+		return 0;
+	return (size_t)((ds_kernel_threads() * direct_slice(&e) + 15) / 16 * 16 + d->o * d->c * d->kh * d->kw);
+}
+
+static void grad_input_by_direct(const ds_conv2d_dims *d, const ds_conv2d_dims *e, const float *w,
+				 const float *gy, float *gx, float *ws)
+{
+	const int64_t taps = d->kh * d->kw;
+	float *wt = ws + (ds_kernel_threads() * direct_slice(e) + 15) / 16 * 16;
+
+	for (int64_t oc = 0; oc < d->o; oc++)
+		for (int64_t ic = 0; ic < d->c; ic++)
+			for (int64_t t = 0; t < taps; t++)
+				wt[(ic * d->o + oc) * taps + taps - 1 - t] = w[(oc * d->c + ic) * taps + t];
+	direct_forward(e, gy, wt, NULL, gx, gx, ws);
+}
+
 void ds_conv2d_backward(const ds_conv2d_dims *d, const float *x, const float *w, const float *gy,
 			float *gx, float *gw, float *gb, float *ws)
 {
@@ -1199,9 +1391,16 @@ void ds_conv2d_backward(const ds_conv2d_dims *d, const float *x, const float *w,
 		if (gb)
 			ds_conv2d_backward_chunked(d, 1, x, w, gy, NULL, NULL, gb, ws);
 		break;
-	case DS_CONV2D_IM2COL:
+	case DS_CONV2D_IM2COL: {
+		ds_conv2d_dims e;
+
+		if (gx && grad_input_direct(d, &e)) {
+			grad_input_by_direct(d, &e, w, gy, gx, ws);
+			gx = NULL;
+		}
 		ds_conv2d_backward_chunked(d, ds_conv2d_chunk(d), x, w, gy, gx, gw, gb, ws);
 		break;
+	}
 	}
 }
 
