@@ -42,6 +42,7 @@ struct cand {
 static const struct cand cands[] = {
 	{ NULL, 0, "default" },       /* direct where it applies, else gemm */
 	{ "gemm", 0, "gemm" },
+	{ "lanes", 0, "output channels in the lanes" },
 	{ "gemm", 1, "gemm, 1 image a GEMM" },
 	{ "gemm", 4, "gemm, 4 images a GEMM" },
 	{ "gemm", 16, "gemm, 16 images a GEMM" },

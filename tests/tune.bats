@@ -62,14 +62,14 @@ recorded = [n for n in g["nodes"] if "kernel" in n.get("attrs", {})]
 assert len(recorded) == f["tune_records"], (recorded, f)
 assert f["tune_records"] == 0 or f["tune_kept"] is True
 for node in recorded:
-    assert node["attrs"]["kernel"] in ("direct", "gemm"), node
+    assert node["attrs"]["kernel"] in ("direct", "gemm", "lanes"), node
 PY
 }
 
 @test "every kernel record computes what the default kernels compute" {
 	ds-train -q --data "$T/d.dst" --arch cnn-small --epochs 0 --max-steps 2 -o "$T/m.dsm"
 	for attrs in '{"kernel": "gemm"}' '{"kernel": "gemm", "chunk": 1}' '{"kernel": "gemm", "chunk": 3}' \
-		'{"kernel": "direct"}' '{"kernel": "auto", "chunk": 16}'; do
+		'{"kernel": "direct"}' '{"kernel": "lanes"}' '{"kernel": "auto", "chunk": 16}'; do
 		with_attrs "$T/m.dsm" "$T/r.dsm" "$attrs"
 		run --separate-stderr ds-optimize -O0 --verify 64 --format json -o "$T/o.dsm" "$T/r.dsm"
 		[ "$status" -eq 0 ] || { echo "$attrs: $stderr"; false; }

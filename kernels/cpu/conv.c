@@ -171,12 +171,20 @@ size_t ds_conv2d_workspace_chunk(const ds_conv2d_dims *d, int64_t chunk)
 
 static size_t pooled_workspace(const ds_conv2d_dims *d);
 
+static int lanes_chosen(const ds_conv2d_dims *d)
+{
+	return d->tactic == DS_CONV2D_TACTIC_LANES && ds_conv2d_lanes_fits(d);
+}
+
 size_t ds_conv2d_workspace(const ds_conv2d_dims *d)
 {
 	if (d->pool && !direct_fits(d))
 		return pooled_workspace(d);
 	switch (ds_conv2d_kind_of(d)) {
 	case DS_CONV2D_IM2COL:
+		if (lanes_chosen(d))
+			return (size_t)max64((int64_t)ds_conv2d_workspace_chunk(d, ds_conv2d_chunk(d)),
+					     (int64_t)ds_conv2d_lanes_workspace(d));
 		if (direct_fits(d))
 			return (size_t)max64(max64((int64_t)ds_conv2d_workspace_chunk(d, ds_conv2d_chunk(d)),
 						   ds_kernel_threads() * direct_slice(d)),
@@ -1203,7 +1211,9 @@ void ds_conv2d_forward_res(const ds_conv2d_dims *d, const float *x, const float 
 		pointwise_forward(d, x, w, b, r, y);
 		break;
 	case DS_CONV2D_IM2COL:
-		if (direct_fits(d))
+		if (lanes_chosen(d))
+			ds_conv2d_lanes_forward(d, x, w, b, r, y, ws);
+		else if (direct_fits(d))
 			direct_forward(d, x, w, b, r, y, ws);
 		else
 			chunked_forward_res(d, ds_conv2d_chunk(d), x, w, b, r, y, ws);

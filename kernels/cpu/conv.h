@@ -63,7 +63,8 @@ typedef struct ds_conv2d_dims {
 typedef enum ds_conv2d_tactic {
 	DS_CONV2D_TACTIC_AUTO,
 	DS_CONV2D_TACTIC_DIRECT,     /* the direct kernel where it applies */
-	DS_CONV2D_TACTIC_GEMM        /* im2col + GEMM even where direct applies */
+	DS_CONV2D_TACTIC_GEMM,       /* im2col + GEMM even where direct applies */
+	DS_CONV2D_TACTIC_LANES       /* output channels in the lanes (conv_lanes.c) */
 } ds_conv2d_tactic;
 
 /* Which kernel a convolution takes. */
@@ -127,5 +128,13 @@ void ds_avg_pool_backward(const ds_pool_dims *d, const float *gy, float *gx);
 /* planes = n * c, each of size elements. */
 void ds_global_avg_pool_forward(int64_t planes, int64_t size, const float *x, float *y);
 void ds_global_avg_pool_backward(int64_t planes, int64_t size, const float *gy, float *gx);
+
+/* conv_lanes.c: output channels in the vector lanes, every lane kept on
+ * small planes and at any stride; filters packed per call.  Not for
+ * grouped or pooled convolutions, and AVX-512 only. */
+int ds_conv2d_lanes_fits(const ds_conv2d_dims *d);
+size_t ds_conv2d_lanes_workspace(const ds_conv2d_dims *d);
+void ds_conv2d_lanes_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
+			     const float *r, float *y, float *ws);
 
 #endif

@@ -27,7 +27,7 @@ struct conv_params {
 
 /* "kernel" and "chunk" are what ds-optimize --tune measured fastest on the
  * machine that tuned the model: a preference, never a different result. */
-static const char *const tactic_kinds[] = { "auto", "direct", "gemm", NULL };
+static const char *const tactic_kinds[] = { "auto", "direct", "gemm", "lanes", NULL };
 
 static int conv_params(const ds_node *node, struct conv_params *p, ds_error *err)
 {

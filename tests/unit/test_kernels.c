@@ -48,6 +48,9 @@ static double max_err(const float *a, const float *b, int64_t n, double scale)
 	return e;
 }
 
+/* The kernel the cases below ask for (a ds_conv2d_tactic). */
+static int case_tactic;
+
 static void conv_pool_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k,
 			   int64_t stride, int64_t pad, int64_t dil, int64_t groups, int bias, int relu,
 			   int pool)
@@ -55,7 +58,7 @@ static void conv_pool_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o
 	ds_conv2d_dims d = {
 		.n = n, .c = c, .h = h, .w = w, .o = o, .kh = k, .kw = k > 1 ? k - (k % 2 == 0) : k,
 		.sh = stride, .sw = stride, .ph = pad, .pw = pad > 0 ? pad - 1 : 0, .dh = dil, .dw = 1,
-		.groups = groups, .relu = relu, .pool = pool,
+		.groups = groups, .relu = relu, .pool = pool, .tactic = case_tactic,
 	};
 	int64_t xn, wn, yn;
 	float *x, *wt, *b, *y, *ref, *ws;
@@ -75,11 +78,11 @@ static void conv_pool_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o
 	ds_conv2d_forward(&d, x, wt, b, y, ws);
 	ds_conv2d_forward_ref(&d, x, wt, b, ref);
 	snprintf(what, sizeof what,
-		 "conv2d n%lld c%lld %lldx%lld o%lld k%lldx%lld s%lld p%lld,%lld d%lld g%lld%s%s%s",
+		 "conv2d n%lld c%lld %lldx%lld o%lld k%lldx%lld s%lld p%lld,%lld d%lld g%lld%s%s%s%s",
 		 (long long)n, (long long)c, (long long)h, (long long)w, (long long)o,
 		 (long long)d.kh, (long long)d.kw, (long long)stride, (long long)d.ph,
 		 (long long)d.pw, (long long)dil, (long long)groups, bias ? " bias" : "",
-		 relu ? " relu" : "", pool ? " pool" : "");
+		 relu ? " relu" : "", pool ? " pool" : "", case_tactic == DS_CONV2D_TACTIC_LANES ? " lanes" : "");
 	ok(max_err(y, ref, yn, sqrt((double)(c / groups * d.kh * d.kw)) + 1) < 1e-5, "%s", what);
 	free(x);
 	free(wt);
@@ -104,7 +107,7 @@ static void conv_res_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o,
 {
 	ds_conv2d_dims d = {
 		.n = n, .c = c, .h = h, .w = w, .o = o, .kh = k, .kw = k, .sh = stride, .sw = stride,
-		.ph = pad, .pw = pad, .dh = 1, .dw = 1, .groups = groups,
+		.ph = pad, .pw = pad, .dh = 1, .dw = 1, .groups = groups, .tactic = case_tactic,
 	};
 	int64_t yn, bad = 0;
 	float *x, *wt, *b, *r, *y, *want, *ws;
@@ -145,9 +148,10 @@ static void conv_res_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o,
 	ds_conv2d_forward_res(&d, x, wt, b, r, y, ws);
 	for (int64_t i = 0; i < yn; i++)
 		bad += memcmp(&y[i], &want[i], sizeof y[i]) != 0;
-	ok(bad == 0, "conv2d + residual n%lld c%lld %lldx%lld o%lld k%lld s%lld g%lld%s%s: %lld differ",
+	ok(bad == 0, "conv2d + residual n%lld c%lld %lldx%lld o%lld k%lld s%lld g%lld%s%s%s: %lld differ",
 	   (long long)n, (long long)c, (long long)h, (long long)w, (long long)o, (long long)k, (long long)stride,
-	   (long long)groups, bias ? " bias" : "", act == 2 ? " relu6" : act ? " relu" : "", (long long)bad);
+	   (long long)groups, bias ? " bias" : "", act == 2 ? " relu6" : act ? " relu" : "",
+	   case_tactic == DS_CONV2D_TACTIC_LANES ? " lanes" : "", (long long)bad);
 	free(x);
 	free(wt);
 	free(b);
@@ -495,6 +499,12 @@ int main(void)
 	test_pool();
 	test_conv();
 	test_conv_backward();
+	/* Every case again asking for output channels in the lanes: taken
+	 * where it applies, the default kernel elsewhere. */
+	case_tactic = DS_CONV2D_TACTIC_LANES;
+	test_conv();
+	test_conv_residual();
+	case_tactic = DS_CONV2D_TACTIC_AUTO;
 #ifdef _OPENMP
 	/* Again on one thread: the split and the unsplit paths differ. */
 	omp_set_num_threads(1);
@@ -502,6 +512,9 @@ int main(void)
 	test_conv_backward();
 	omp_set_num_threads(3);
 	test_conv();
+	case_tactic = DS_CONV2D_TACTIC_LANES;
+	test_conv();
+	case_tactic = DS_CONV2D_TACTIC_AUTO;
 	test_conv_backward();
 	test_plan_chunks();
 #endif
