@@ -820,9 +820,14 @@ static __attribute__((target("avx512f"))) void phase_row_avx512(const float *row
 					_mm512_cmplt_epi32_mask(pos2, _mm512_set1_epi32((int)w));
 			__m512 v = _mm512_setzero_ps();
 
-			if (row)
-				v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(in0, row + at), even,
-							   _mm512_maskz_loadu_ps(in1, row + at + 16));
+			/* at may be before the row: only the masked lanes are
+			 * read, and the address is formed as an integer. */
+			if (row) {
+				uintptr_t base = (uintptr_t)row + (uintptr_t)(at * (int64_t)sizeof *row);
+
+				v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(in0, (const void *)base), even,
+							   _mm512_maskz_loadu_ps(in1, (const void *)(base + 64)));
+			}
 			_mm512_mask_storeu_ps(dst + s0, keep, v);
 		}
 		return;
