@@ -131,6 +131,7 @@ static int direct_fits(const ds_conv2d_dims *d);
 static int64_t direct_slice(const ds_conv2d_dims *d);
 static int grad_input_direct(const ds_conv2d_dims *d, ds_conv2d_dims *e);
 static int depthwise_direct(const ds_conv2d_dims *d, ds_conv2d_dims *e);
+static size_t depthwise_grad_input_workspace(const ds_conv2d_dims *d);
 static int wgrad_direct(const ds_conv2d_dims *d, int64_t chunk);
 static void wgrad_image(const ds_conv2d_dims *d, const float *x, const float *gy, float *xt, float *gwt);
 static size_t grad_input_workspace(const ds_conv2d_dims *d);
@@ -196,9 +197,11 @@ size_t ds_conv2d_workspace(const ds_conv2d_dims *d)
 	case DS_CONV2D_DEPTHWISE: {
 		ds_conv2d_dims e;
 
+		size_t back = depthwise_grad_input_workspace(d);
+
 		if (depthwise_direct(d, &e))
-			return (size_t)(ds_kernel_threads() * direct_slice(&e));
-		break;
+			return (size_t)max64(ds_kernel_threads() * direct_slice(&e), (int64_t)back);
+		return back;
 	}
 	}
 	return 0;
@@ -1220,6 +1223,103 @@ static void depthwise_forward_direct(const ds_conv2d_dims *d, const ds_conv2d_di
 	}
 }
 
+/* The depthwise input gradient at stride 1, one filter a channel: the
+ * depthwise convolution of gy with the filters flipped, padded kh - 1 - ph
+ * and kw - 1 - pw, through the kernel above with gx as its residual, so it
+ * adds into gx as backward must.  bd is that convolution, e its one-channel
+ * form. */
+static int depthwise_grad_input(const ds_conv2d_dims *d, ds_conv2d_dims *bd, ds_conv2d_dims *e)
+{
+	if (d->o != d->c || d->sh != 1 || d->sw != 1 || d->dh != 1 || d->dw != 1 || d->ph > d->kh - 1 ||
+	    d->pw > d->kw - 1)
+		return 0;
+	*bd = (ds_conv2d_dims){ .n = d->n, .c = d->c, .h = d->oh, .w = d->ow, .o = d->c, .kh = d->kh, .kw = d->kw,
+				.oh = d->h, .ow = d->w, .sh = 1, .sw = 1, .ph = d->kh - 1 - d->ph,
+				.pw = d->kw - 1 - d->pw, .dh = 1, .dw = 1, .groups = d->c };
+	return depthwise_direct(bd, e);
+}
+
+/* The depthwise weight (and bias) gradient, one filter a channel, up to 25
+ * taps: each image's channel padded as the forward pads it, gy laid on the
+ * same padded grid (zeros in the columns the forward drops), and per
+ * vector of positions one load of gy and one of the image per tap into a
+ * sum per tap, kept in registers over the whole batch; a thread owns its
+ * channels, so nothing is reduced between threads. */
+#define DW_GRAD_TAPS 25
+
+static int depthwise_grad_weight(const ds_conv2d_dims *d, ds_conv2d_dims *e)
+{
+	return d->o == d->c && d->kh * d->kw <= DW_GRAD_TAPS && depthwise_direct(d, e);
+}
+
+#ifdef HAVE_DIRECT_AVX512
+static __attribute__((target("avx512f"))) void dw_grad_channel(const ds_conv2d_dims *d, const ds_conv2d_dims *e,
+							     const struct direct_geom *g, int64_t ch,
+							     const float *x, const float *gy, float *xp,
+							     float *gyg, float *gw, float *gb)
+{
+	__m512 acc[DW_GRAD_TAPS], bsum = _mm512_setzero_ps();
+	const int64_t in_plane = d->h * d->w, p = d->oh * d->ow;
+
+	for (int64_t t = 0; t < g->taps; t++)
+		acc[t] = _mm512_setzero_ps();
+	memset(gyg, 0, (size_t)g->pv * sizeof *gyg);
+	for (int64_t i = 0; i < d->n; i++) {
+		const float *gyc = gy + (i * d->c + ch) * p;
+
+		direct_pad(e, g, x + (i * d->c + ch) * in_plane, 0, 1, xp);
+		for (int64_t oy = 0; oy < d->oh; oy++)
+			memcpy(gyg + oy * g->gw, gyc + oy * d->ow, (size_t)d->ow * sizeof *gyg);
+		for (int64_t q = 0; q < g->pv; q += 16) {
+			__m512 gv = _mm512_loadu_ps(gyg + q);
+
+			bsum = _mm512_add_ps(bsum, gv);
+			for (int64_t t = 0; t < g->taps; t++)
+				acc[t] = _mm512_fmadd_ps(gv, _mm512_loadu_ps(xp + q + g->toff[t]), acc[t]);
+		}
+	}
+	for (int64_t t = 0; gw && t < g->taps; t++)
+		gw[ch * g->taps + t] += _mm512_reduce_add_ps(acc[t]);
+	if (gb)
+		gb[ch] += _mm512_reduce_add_ps(bsum);
+}
+#endif
+
+static void depthwise_grad_weight_run(const ds_conv2d_dims *d, const ds_conv2d_dims *e, const float *x,
+				      const float *gy, float *gw, float *gb, float *ws)
+{
+#ifdef HAVE_DIRECT_AVX512
+	struct direct_geom g;
+	const int64_t slice = direct_slice(e);
+
+	direct_geom(e, &g);
+#pragma omp parallel for schedule(static) num_threads(ds_kernel_threads())
+	for (int64_t ch = 0; ch < d->c; ch++) {
+		float *xp = ws + slice_id() * slice, *gyg = xp + (g.xfloats + 15) / 16 * 16;
+
+		dw_grad_channel(d, e, &g, ch, x, gy, xp, gyg, gw, gb);
+	}
+#else
+	(void)d;
+	(void)e;
+	(void)x;
+	(void)gy;
+	(void)gw;
+	(void)gb;
+	(void)ws;
+#endif
+}
+
+/* Its workspace: the kernel's slices, then the flipped filters. */
+static size_t depthwise_grad_input_workspace(const ds_conv2d_dims *d)
+{
+	ds_conv2d_dims bd, e;
+
+	if (!depthwise_grad_input(d, &bd, &e))
+		return 0;
+	return (size_t)((ds_kernel_threads() * direct_slice(&e) + 15) / 16 * 16 + d->c * d->kh * d->kw);
+}
+
 /* ------------------------------------------------- fused pool, other kernels
  *
  * Kernels that cannot pool their own output write a group of images at
@@ -1471,9 +1571,27 @@ void ds_conv2d_backward(const ds_conv2d_dims *d, const float *x, const float *w,
 			float *gx, float *gw, float *gb, float *ws)
 {
 	switch (ds_conv2d_kind_of(d)) {
-	case DS_CONV2D_DEPTHWISE:
-		depthwise_backward(d, x, w, gy, gx, gw, gb);
+	case DS_CONV2D_DEPTHWISE: {
+		ds_conv2d_dims bd, e;
+
+		if (gx && depthwise_grad_input(d, &bd, &e)) {
+			const int64_t taps = d->kh * d->kw;
+			float *wt = ws + (ds_kernel_threads() * direct_slice(&e) + 15) / 16 * 16;
+
+			for (int64_t ch = 0; ch < d->c; ch++)
+				for (int64_t t = 0; t < taps; t++)
+					wt[ch * taps + taps - 1 - t] = w[ch * taps + t];
+			depthwise_forward_direct(&bd, &e, gy, wt, NULL, gx, gx, ws);
+			gx = NULL;
+		}
+		if ((gw || gb) && depthwise_grad_weight(d, &e)) {
+			depthwise_grad_weight_run(d, &e, x, gy, gw, gb, ws);
+			gw = gb = NULL;
+		}
+		if (gx || gw || gb)
+			depthwise_backward(d, x, w, gy, gx, gw, gb);
 		break;
+	}
 	case DS_CONV2D_POINTWISE:
 		pointwise_backward(d, x, w, gy, gx, gw, ws);
 		if (gb)

@@ -331,6 +331,12 @@ static void test_conv_backward(void)
 	conv_backward_case(3, 8, 12, 12, 12, 3, 1, 1, 1, 4, 1);
 	conv_backward_case(3, 5, 9, 9, 10, 1, 1, 0, 1, 1, 1);
 	conv_backward_case(2, 6, 8, 8, 6, 3, 1, 1, 1, 6, 1);
+	/* Depthwise: the input gradient through the direct kernel at stride
+	 * 1 (padding 1, 2 and 0), the loops at stride 2. */
+	conv_backward_case(3, 24, 14, 14, 24, 3, 1, 1, 1, 24, 1);
+	conv_backward_case(2, 8, 9, 11, 8, 5, 1, 2, 1, 8, 1);
+	conv_backward_case(2, 8, 9, 9, 8, 3, 1, 0, 1, 8, 1);
+	conv_backward_case(2, 16, 14, 14, 16, 3, 2, 1, 1, 16, 1);
 	conv_backward_case(37, 4, 11, 9, 5, 3, 1, 1, 1, 1, 1);
 }
 
