@@ -86,6 +86,20 @@ size_t ds_edit_uses(const json_t *graph, const char *value)
 	return uses;
 }
 
+ssize_t ds_edit_only_reader(const json_t *graph, const char *value)
+{
+	if (ds_edit_uses(graph, value) != 1 || ds_edit_is_output(graph, value))
+		return -1;
+	for (size_t i = 0; i < ds_edit_node_count(graph); i++) {
+		const json_t *node = ds_edit_node(graph, i);
+
+		for (size_t j = 0; j < ds_edit_input_count(node); j++)
+			if (!strcmp(ds_edit_input(node, j), value))
+				return (ssize_t)i;
+	}
+	return -1;
+}
+
 static int replace_in(json_t *names, const char *from, const char *to, ds_error *err)
 {
 	for (size_t j = 0; j < json_array_size(names); j++)

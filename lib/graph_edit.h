@@ -21,6 +21,9 @@ ssize_t ds_edit_producer(const json_t *graph, const char *value);
 /* How many node inputs read value, plus 1 when it is a graph output. */
 size_t ds_edit_uses(const json_t *graph, const char *value);
 int ds_edit_is_output(const json_t *graph, const char *value);
+/* Index of the node that reads value, when exactly one node does and value
+ * is no graph output; -1 otherwise. */
+ssize_t ds_edit_only_reader(const json_t *graph, const char *value);
 /* Every read of from (node inputs and graph outputs) now reads to. */
 int ds_edit_replace_uses(json_t *graph, const char *from, const char *to, ds_error *err);
 /* Remove node i; the caller has rewired its outputs' readers first. */

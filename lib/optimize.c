@@ -622,22 +622,6 @@ static int pass_fuse_add(struct pass_ctx *c, ds_error *err)
 	return 0;
 }
 
-/* Index of the node whose input reads value, when exactly one does and
- * value is no graph output; -1 otherwise. */
-static ssize_t only_reader(const json_t *graph, const char *value)
-{
-	if (ds_edit_uses(graph, value) != 1 || ds_edit_is_output(graph, value))
-		return -1;
-	for (size_t i = 0; i < ds_edit_node_count(graph); i++) {
-		const json_t *node = ds_edit_node(graph, i);
-
-		for (size_t j = 0; j < ds_edit_input_count(node); j++)
-			if (!strcmp(ds_edit_input(node, j), value))
-				return (ssize_t)i;
-	}
-	return -1;
-}
-
 /* A 1x1 convolution of a [N, C, 1, 1] tensor (what a global average pool
  * leaves) that is flattened to [N, O] right after is a linear layer on the
  * flattened input: flatten first, then linear with the weight seen as
@@ -660,7 +644,7 @@ static int pass_gap_linear(struct pass_ctx *c, ds_error *err)
 		if (strcmp(ds_edit_node_op(conv), "conv2d") != 0 || ds_edit_input_count(conv) > 3 ||
 		    json_object_get(attrs, "pool") || !pair_is(attrs, "padding", 0, 1) ||
 		    !pair_is(attrs, "groups", 1, 1) || json_array_size(json_object_get(conv, "outputs")) != 1 ||
-		    (fi = only_reader(c->graph, ds_edit_output(conv, 0))) < 0)
+		    (fi = ds_edit_only_reader(c->graph, ds_edit_output(conv, 0))) < 0)
 			continue;
 		flat = ds_edit_node(c->graph, (size_t)fi);
 		if ((strcmp(ds_edit_node_op(flat), "flatten") != 0 && strcmp(ds_edit_node_op(flat), "reshape") != 0) ||

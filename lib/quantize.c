@@ -1066,6 +1066,26 @@ out:
 	return rc;
 }
 
+/* Store the rewritten graph as the model's ds.graph.  It must parse, or the
+ * rewrite has a bug: status 1 naming what. */
+static int store_graph(ds_container *model, const json_t *graph, const char *what, ds_error *err)
+{
+	char *text = json_dumps(graph, JSON_COMPACT);
+	ds_graph *check = NULL;
+	int rc;
+
+	if (!text)
+		return nomem(err);
+	rc = ds_graph_parse(text, model, &check, err);
+	free(text);
+	ds_graph_free(check);
+	if (rc) {
+		ds_error_prefix(err, "%s", what);
+		return DS_ERR_RUN;
+	}
+	return ds_container_meta_set_json(model, "ds.graph", graph, err);
+}
+
 /* The float graph again, with fake_quant where ds-quantize would put U8
  * values and I8 weights. */
 static int insert_fake_quant(struct prepare *pr, ds_error *err)
@@ -1124,8 +1144,6 @@ int ds_quantize_prepare_qat(ds_container *model, const ds_cli *cli, json_t **rep
 	char *disable = NULL;
 	json_t *opt_report = NULL, *graph = NULL, *newgraph = NULL;
 	const char *fmt = ds_container_meta_get(model, "ds.format");
-	char *text = NULL;
-	ds_graph *check = NULL;
 	int rc, n_int8 = 0, n_fq = 0;
 
 	*report = NULL;
@@ -1199,16 +1217,7 @@ int ds_quantize_prepare_qat(ds_container *model, const ds_cli *cli, json_t **rep
 	}
 	if ((rc = insert_fake_quant(&pr, err)))
 		goto out;
-	if (!(text = json_dumps(newgraph, JSON_COMPACT))) {
-		rc = nomem(err);
-		goto out;
-	}
-	if ((rc = ds_graph_parse(text, model, &check, err))) {
-		ds_error_prefix(err, "QAT graph");
-		rc = DS_ERR_RUN;
-		goto out;
-	}
-	if ((rc = ds_container_meta_set_json(model, "ds.graph", newgraph, err)))
+	if ((rc = store_graph(model, newgraph, "QAT graph", err)))
 		goto out;
 	ds_log_verbose(cli, "qat: %d INT8 layers, %d activation and %d weight fake_quant nodes", n_int8, pr.n_act,
 		       pr.n_weight);
@@ -1219,8 +1228,6 @@ int ds_quantize_prepare_qat(ds_container *model, const ds_cli *cli, json_t **rep
 out:
 	free(q.stats);
 	free(q.nodes);
-	free(text);
-	ds_graph_free(check);
 	ds_graph_free(q.g);
 	json_decref(q.graph);
 	json_decref(graph);
@@ -1246,8 +1253,6 @@ int ds_quantize_model(ds_container *model, const ds_quantize_options *o, json_t 
 	char *disable = NULL;
 	json_t *opt_report = NULL, *before = NULL, *newgraph = NULL, *layers = NULL, *acts = NULL, *figures = NULL;
 	const char *method = o->method ? o->method : "percentile", *mode = o->mode ? o->mode : "static", *fmt;
-	char *text = NULL;
-	ds_graph *check = NULL;
 	json_int_t bytes_before = total_bytes(model);
 	int rc, n_int8 = 0, n_float = 0, n_fq = 0;
 
@@ -1343,17 +1348,7 @@ int ds_quantize_model(ds_container *model, const ds_quantize_options *o, json_t 
 	if ((rc = rewrite(&q, &newgraph, err)))
 		goto out;
 	ds_edit_drop_unused_params(newgraph, q.graph, model);
-	/* The rewrite must leave a graph that parses, or it has a bug. */
-	if (!(text = json_dumps(newgraph, JSON_COMPACT))) {
-		rc = nomem(err);
-		goto out;
-	}
-	if ((rc = ds_graph_parse(text, model, &check, err))) {
-		ds_error_prefix(err, "quantized graph");
-		rc = DS_ERR_RUN;
-		goto out;
-	}
-	if ((rc = ds_container_meta_set_json(model, "ds.graph", newgraph, err)))
+	if ((rc = store_graph(model, newgraph, "quantized graph", err)))
 		goto out;
 	figures = json_pack("{s:s, s:s, s:I, s:i, s:i, s:I, s:I, s:f}", "mode", mode, "method",
 			    q.dynamic ? "-" : q.ranges_used ? "qat" : method, "calib_items", (json_int_t)q.calib_items, "int8_nodes", n_int8,
@@ -1379,8 +1374,6 @@ out:
 		free(q.stats[i].hist);
 	free(q.stats);
 	free(q.nodes);
-	free(text);
-	ds_graph_free(check);
 	ds_graph_free(q.g);
 	json_decref(q.graph);
 	json_decref(q.ranges);

@@ -17,19 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A node in the document's order that reads value as input i, or -1. */
-static ssize_t reader_of(const json_t *graph, const char *value)
-{
-	for (size_t i = 0; i < ds_edit_node_count(graph); i++) {
-		const json_t *n = ds_edit_node(graph, i);
-
-		for (size_t k = 0; k < ds_edit_input_count(n); k++)
-			if (!strcmp(ds_edit_input(n, k), value))
-				return (ssize_t)i;
-	}
-	return -1;
-}
-
 static int relu_after_pool(json_t *graph, const ds_container *params, int *rewrites, ds_error *err)
 {
 	json_t *nodes = json_object_get(graph, "nodes");
@@ -43,7 +30,7 @@ static int relu_after_pool(json_t *graph, const ds_container *params, int *rewri
 		if (strcmp(ds_edit_node_op(relu), "relu") != 0 || ds_edit_input_count(relu) != 1)
 			continue;
 		r = ds_edit_output(relu, 0);
-		if (ds_edit_uses(graph, r) != 1 || (j = reader_of(graph, r)) <= (ssize_t)i)
+		if ((j = ds_edit_only_reader(graph, r)) <= (ssize_t)i)
 			continue;
 		pool = ds_edit_node(graph, (size_t)j);
 		if (strcmp(ds_edit_node_op(pool), "max_pool") != 0 || json_array_size(json_object_get(pool, "outputs")) != 1)
