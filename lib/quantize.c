@@ -1066,6 +1066,21 @@ out:
 	return rc;
 }
 
+/* The model's graph, as the document to rewrite and parsed, with a record
+ * per node. */
+static int load_graph(struct qctx *q, ds_container *model, ds_error *err)
+{
+	int rc;
+
+	if ((rc = ds_container_meta_json(model, "ds.graph", &q->graph, err)) ||
+	    (rc = ds_graph_from_model(model, &q->g, err)))
+		return rc;
+	q->n = ds_graph_node_count(q->g);
+	if (!(q->nodes = ds_calloc(q->n + 1, sizeof *q->nodes, err)))
+		return DS_ERR_NOMEM;
+	return 0;
+}
+
 /* Store the rewritten graph as the model's ds.graph.  It must parse, or the
  * rewrite has a bug: status 1 naming what. */
 static int store_graph(ds_container *model, const json_t *graph, const char *what, ds_error *err)
@@ -1181,14 +1196,8 @@ int ds_quantize_prepare_qat(ds_container *model, const ds_cli *cli, json_t **rep
 	oo.disable = disable;
 	if ((rc = check_weights(model, err)) || (rc = ds_optimize_model(model, &oo, &opt_report, err)))
 		goto out;
-	if ((rc = ds_container_meta_json(model, "ds.graph", &q.graph, err)) ||
-	    (rc = ds_graph_from_model(model, &q.g, err)))
+	if ((rc = load_graph(&q, model, err)))
 		goto out;
-	q.n = ds_graph_node_count(q.g);
-	if (!(q.nodes = ds_calloc(q.n + 1, sizeof *q.nodes, err))) {
-		rc = DS_ERR_NOMEM;
-		goto out;
-	}
 	for (size_t i = 0; i < q.n; i++) {
 		const json_t *attrs = ds_node_attrs(ds_graph_node(q.g, i));
 
@@ -1299,14 +1308,8 @@ int ds_quantize_model(ds_container *model, const ds_quantize_options *o, json_t 
 		json_decref(q.ranges);
 		q.ranges = NULL;
 	}
-	if ((rc = ds_container_meta_json(model, "ds.graph", &q.graph, err)) ||
-	    (rc = ds_graph_from_model(model, &q.g, err)))
+	if ((rc = load_graph(&q, model, err)))
 		goto out;
-	q.n = ds_graph_node_count(q.g);
-	if (!(q.nodes = ds_calloc(q.n + 1, sizeof *q.nodes, err))) {
-		rc = DS_ERR_NOMEM;
-		goto out;
-	}
 	analyse(&q);
 	if ((rc = list_stats(&q, err)) || (rc = calibrate(&q, err)))
 		goto out;

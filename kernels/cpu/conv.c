@@ -54,21 +54,6 @@ static int thread_id(void)
 #endif
 }
 
-/* The slice of the workspace a forward thread uses.  Inside a caller's
- * parallel region (a plan running items in chunks, one chunk a thread) the
- * kernel's own team has one thread, and the caller's thread number is the
- * one that tells slices apart. */
-static int slice_id(void)
-{
-#ifdef _OPENMP
-	int level = omp_get_active_level();
-
-	return level > 0 ? omp_get_ancestor_thread_num(level) : 0;
-#else
-	return 0;
-#endif
-}
-
 static int thread_count(void)
 {
 #ifdef _OPENMP
@@ -368,7 +353,7 @@ static void chunked_forward_res(const ds_conv2d_dims *d, int64_t chunk, const fl
 	{
 		int t = thread_id(), nt = thread_count();
 		int64_t i0 = d->n * t / nt, i1 = d->n * (t + 1) / nt;
-		float *col = ws + slice_id() * slice, *tmp = col + k * chunk * p;
+		float *col = ws + ds_kernel_slice() * slice, *tmp = col + k * chunk * p;
 
 		for (int64_t b0 = i0; b0 < i1; b0 += chunk) {
 			int64_t bc = min64(chunk, i1 - b0), cols = bc * p;
@@ -1152,7 +1137,7 @@ static void direct_forward(const ds_conv2d_dims *d, const float *x, const float 
 
 		if (d->n >= nt) {
 			int64_t i0 = d->n * t / nt, i1 = d->n * (t + 1) / nt;
-			float *xp = ws + slice_id() * slice, *op = xp + (g.xfloats + 15) / 16 * 16;
+			float *xp = ws + ds_kernel_slice() * slice, *op = xp + (g.xfloats + 15) / 16 * 16;
 
 			for (int64_t i = i0; i < i1; i++) {
 				direct_pad(d, &g, x + i * in_img, 0, d->c, xp);
@@ -1215,7 +1200,7 @@ static void depthwise_forward_direct(const ds_conv2d_dims *d, const ds_conv2d_di
 #pragma omp parallel for schedule(static) num_threads(ds_kernel_threads())
 	for (int64_t ic = 0; ic < d->n * d->c; ic++) {
 		int64_t i = ic / d->c, ch = ic % d->c, at = (i * d->o + ch * m) * p;
-		float *xp = ws + slice_id() * slice, *op = xp + (g.xfloats + 15) / 16 * 16;
+		float *xp = ws + ds_kernel_slice() * slice, *op = xp + (g.xfloats + 15) / 16 * 16;
 
 		direct_pad(e, &g, x + ic * in_plane, 0, 1, xp);
 		direct_block(e, &g, xp, w + ch * m * taps, b ? b + ch * m : NULL, r ? r + at : NULL, 0, m, op,
@@ -1295,7 +1280,7 @@ static void depthwise_grad_weight_run(const ds_conv2d_dims *d, const ds_conv2d_d
 	direct_geom(e, &g);
 #pragma omp parallel for schedule(static) num_threads(ds_kernel_threads())
 	for (int64_t ch = 0; ch < d->c; ch++) {
-		float *xp = ws + slice_id() * slice, *gyg = xp + (g.xfloats + 15) / 16 * 16;
+		float *xp = ws + ds_kernel_slice() * slice, *gyg = xp + (g.xfloats + 15) / 16 * 16;
 
 		dw_grad_channel(d, e, &g, ch, x, gy, xp, gyg, gw, gb);
 	}

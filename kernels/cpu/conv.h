@@ -18,6 +18,13 @@
  * is sized with it, so a plan must be made after the count is set. */
 int ds_kernel_threads(void);
 
+/* The slice of a workspace the calling thread uses, in [0,
+ * ds_kernel_threads()).  Inside a caller's parallel region (a plan running
+ * items in chunks, one chunk a thread) the kernel's own team has one
+ * thread, and the caller's thread number is the one that tells slices
+ * apart. */
+int ds_kernel_slice(void);
+
 /* C = alpha * op(A) op(B) + beta * C, row-major.  Outside an OpenMP
  * parallel region a large product is split over the OpenMP threads, each
  * calling cblas_sgemm: OpenBLAS is meant to run single-threaded

@@ -268,7 +268,7 @@ void ds_conv2d_lanes_forward(const ds_conv2d_dims *d, const float *x, const floa
 #else
 		int t = 0, nt = 1;
 #endif
-		float *xp = ws + t * slice, *sums = xp + padded_floats(d);
+		float *xp = ws + ds_kernel_slice() * slice, *sums = xp + padded_floats(d);
 
 		pack_tiles(d, nv, w, wp);
 		/* pack_tiles' loop ends in a barrier: the filters are whole. */

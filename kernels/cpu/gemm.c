@@ -19,6 +19,17 @@ int ds_kernel_threads(void)
 #endif
 }
 
+int ds_kernel_slice(void)
+{
+#ifdef _OPENMP
+	int level = omp_get_active_level();
+
+	return level > 0 ? omp_get_ancestor_thread_num(level) : 0;
+#else
+	return 0;
+#endif
+}
+
 static void gemm_one(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
 		     const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
 		     int64_t ldc)
