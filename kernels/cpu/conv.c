@@ -980,36 +980,6 @@ DIRECT_TILES(2)
 DIRECT_TILES(1)
 #endif
 
-#ifdef HAVE_DIRECT_AVX512
-/* The fused pool after a ReLU: no NaN can be left (the ReLU's max turned
- * them into 0) and no -0, so plain maxima give max_pool's values without
- * its NaN checks and index selects: rows first, then column pairs. */
-static __attribute__((target("avx512f"))) void pool_relu_plane(const float *x, int64_t ld, int64_t oh,
-							       int64_t ow, float *y)
-{
-	const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-	const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-
-	for (int64_t oy = 0; oy < oh; oy++) {
-		const float *r0 = x + 2 * oy * ld, *r1 = r0 + ld;
-
-		for (int64_t ox = 0; ox < ow; ox += 16) {
-			int64_t left = ow - ox < 16 ? ow - ox : 16;
-			__mmask16 mo = (__mmask16)((1u << left) - 1);
-			__mmask16 mlo = (__mmask16)(left >= 8 ? 0xffff : (1u << (2 * left)) - 1);
-			__mmask16 mhi = (__mmask16)(left >= 16 ? 0xffff : left > 8 ? (1u << (2 * left - 16)) - 1 : 0);
-			__m512 lo = _mm512_max_ps(_mm512_maskz_loadu_ps(mlo, r0 + 2 * ox),
-						  _mm512_maskz_loadu_ps(mlo, r1 + 2 * ox));
-			__m512 hi = _mm512_max_ps(_mm512_maskz_loadu_ps(mhi, r0 + 2 * ox + 16),
-						  _mm512_maskz_loadu_ps(mhi, r1 + 2 * ox + 16));
-			__m512 m = _mm512_max_ps(_mm512_permutex2var_ps(lo, even, hi),
-						 _mm512_permutex2var_ps(lo, odd, hi));
-
-			_mm512_mask_storeu_ps(y + oy * ow + ox, mo, m);
-		}
-	}
-}
-#endif
 
 /* Output channels [o0, o0 + ob) of one image, ob <= DIRECT_OB, all in one
  * group: padded-grid rows into op with the bias (and ReLU unless a residual
@@ -1059,12 +1029,10 @@ static void direct_block(const ds_conv2d_dims *d, const struct direct_geom *g, c
 		/* Pooled straight from the padded grid while it is in L1: the
 		 * full-size output never exists. */
 		if (d->pool) {
-#ifdef HAVE_DIRECT_AVX512
 			if (d->relu) {
-				pool_relu_plane(src, g->gw, d->oh / 2, d->ow / 2, dst);
+				ds_max_pool_relu_2x2_plane(src, g->gw, d->oh / 2, d->ow / 2, dst);
 				continue;
 			}
-#endif
 			ds_max_pool_2x2_plane(src, g->gw, d->oh / 2, d->ow / 2, dst);
 			continue;
 		}
@@ -1118,19 +1086,31 @@ static void direct_block_at(const ds_conv2d_dims *d, int64_t blk, int64_t *o0, i
  * fork and join cost more than the second core gives back. */
 #define DIRECT_SPLIT_MIN ((int64_t)1 << 19)
 
+static int direct_team(const ds_conv2d_dims *d)
+{
+	int threads = ds_kernel_threads();
+
+	if (d->n < threads && d->o * d->oh * d->ow * (d->c / d->groups) * d->kh * d->kw < DIRECT_SPLIT_MIN)
+		threads = 1;
+	return threads;
+}
+
 /* Images are shared out between the threads; fewer images than threads
- * share each image's channel blocks instead. */
+ * share each image's channel blocks instead.  A stride-1 convolution as
+ * wide as its input goes to conv_masked.c, which needs no padded copy. */
 static void direct_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
 			   const float *r, float *y, float *ws)
 {
 	struct direct_geom g;
 	const int64_t in_img = d->c * d->h * d->w, out_img = d->o * out_plane(d);
 	const int64_t slice = direct_slice(d), blocks = direct_blocks(d);
-	int threads = ds_kernel_threads();
+	const int threads = direct_team(d);
 
+	if (ds_conv2d_masked_fits(d)) {
+		ds_conv2d_masked_forward(d, x, w, b, r, y, ws, slice, threads);
+		return;
+	}
 	direct_geom(d, &g);
-	if (d->n < threads && d->o * d->oh * d->ow * (d->c / d->groups) * g.taps < DIRECT_SPLIT_MIN)
-		threads = 1;
 #pragma omp parallel num_threads(threads)
 	{
 		int t = thread_id(), nt = thread_count();
@@ -1196,6 +1176,10 @@ static void depthwise_forward_direct(const ds_conv2d_dims *d, const ds_conv2d_di
 	const int64_t m = e->o, taps = d->kh * d->kw, in_plane = d->h * d->w, p = out_plane(d);
 	const int64_t slice = direct_slice(e);
 
+	if (ds_conv2d_masked_fits(d)) {
+		ds_conv2d_masked_forward(d, x, w, b, r, y, ws, slice, ds_kernel_threads());
+		return;
+	}
 	direct_geom(e, &g);
 #pragma omp parallel for schedule(static) num_threads(ds_kernel_threads())
 	for (int64_t ic = 0; ic < d->n * d->c; ic++) {

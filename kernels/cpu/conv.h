@@ -41,6 +41,11 @@ void ds_gemm_f32(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, floa
 /* y[m, out] = x[m, in] w[out, in]^T + b (b may be NULL). */
 void ds_linear_forward(int64_t m, int64_t in, int64_t out, const float *x, const float *w,
 		       const float *b, float *y);
+/* The same with every output summed in one fixed order, whatever m and
+ * the thread count (dense.c): inference's, so that a record does not
+ * depend on the batch it came in. */
+void ds_linear_forward_fixed(int64_t m, int64_t in, int64_t out, const float *x, const float *w,
+			     const float *b, float *y);
 /* gx += gy w, gw += gy^T x, gb += column sums of gy; NULL gradients are
  * skipped (x is only read for gw, w only for gx). */
 void ds_linear_backward(int64_t m, int64_t in, int64_t out, const float *x, const float *w,
@@ -130,6 +135,8 @@ void ds_max_pool_backward(const ds_pool_dims *d, const int32_t *argmax, const fl
  * (ld >= 2 * ow, 2 * oh rows), into oh x ow packed outputs: the same
  * selects as ds_max_pool_forward, for kernels that pool their own output. */
 void ds_max_pool_2x2_plane(const float *x, int64_t ld, int64_t oh, int64_t ow, float *y);
+/* The same after a ReLU (x has no NaN and no -0): plain maxima. */
+void ds_max_pool_relu_2x2_plane(const float *x, int64_t ld, int64_t oh, int64_t ow, float *y);
 void ds_avg_pool_forward(const ds_pool_dims *d, const float *x, float *y);
 void ds_avg_pool_backward(const ds_pool_dims *d, const float *gy, float *gx);
 /* planes = n * c, each of size elements. */
@@ -143,5 +150,13 @@ int ds_conv2d_lanes_fits(const ds_conv2d_dims *d);
 size_t ds_conv2d_lanes_workspace(const ds_conv2d_dims *d);
 void ds_conv2d_lanes_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
 			     const float *r, float *y, float *ws);
+
+/* conv_masked.c: stride-1 convolutions whose output is as wide as their
+ * input, on the unpadded planes with the borders masked off in the loads;
+ * AVX-512 only.  ws + ds_kernel_slice() * slice holds, with a fused pool,
+ * min(o / groups, 8) output planes; threads is the team's size. */
+int ds_conv2d_masked_fits(const ds_conv2d_dims *d);
+void ds_conv2d_masked_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
+			      const float *r, float *y, float *ws, int64_t slice, int threads);
 
 #endif

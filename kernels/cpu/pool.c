@@ -163,6 +163,48 @@ void ds_max_pool_2x2_plane(const float *x, int64_t ld, int64_t oh, int64_t ow, f
 	}
 }
 
+#ifdef HAVE_POOL_AVX512
+static __attribute__((target("avx512f"))) void max_pool_relu_2x2_avx512(const float *x, int64_t ld,
+									 int64_t oh, int64_t ow, float *y)
+{
+	const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+	const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+
+	for (int64_t oy = 0; oy < oh; oy++) {
+		const float *r0 = x + 2 * oy * ld, *r1 = r0 + ld;
+
+		for (int64_t ox = 0; ox < ow; ox += 16) {
+			int64_t left = ow - ox < 16 ? ow - ox : 16;
+			__mmask16 mo = (__mmask16)((1u << left) - 1);
+			__mmask16 mlo = (__mmask16)(left >= 8 ? 0xffff : (1u << (2 * left)) - 1);
+			__mmask16 mhi = (__mmask16)(left >= 16 ? 0xffff : left > 8 ? (1u << (2 * left - 16)) - 1 : 0);
+			__m512 lo = _mm512_max_ps(_mm512_maskz_loadu_ps(mlo, r0 + 2 * ox),
+						  _mm512_maskz_loadu_ps(mlo, r1 + 2 * ox));
+			__m512 hi = _mm512_max_ps(_mm512_maskz_loadu_ps(mhi, r0 + 2 * ox + 16),
+						  _mm512_maskz_loadu_ps(mhi, r1 + 2 * ox + 16));
+			__m512 m = _mm512_max_ps(_mm512_permutex2var_ps(lo, even, hi),
+						 _mm512_permutex2var_ps(lo, odd, hi));
+
+			_mm512_mask_storeu_ps(y + oy * ow + ox, mo, m);
+		}
+	}
+}
+#endif
+
+/* After a ReLU no NaN is left (its max turned them into 0) and no -0, so
+ * plain maxima give max_pool's values without its NaN checks and index
+ * selects: rows first, then column pairs. */
+void ds_max_pool_relu_2x2_plane(const float *x, int64_t ld, int64_t oh, int64_t ow, float *y)
+{
+#ifdef HAVE_POOL_AVX512
+	if (pool_avx512()) {
+		max_pool_relu_2x2_avx512(x, ld, oh, ow, y);
+		return;
+	}
+#endif
+	ds_max_pool_2x2_plane(x, ld, oh, ow, y);
+}
+
 void ds_max_pool_forward(const ds_pool_dims *d, const float *x, float *y, int32_t *argmax)
 {
 	const int64_t plane = d->h * d->w, p = d->oh * d->ow;

@@ -497,8 +497,137 @@ static void test_plan_chunks(void)
 	plan_case("mlp", 6, 6);
 }
 
+/* Stride-1 convolutions as wide as their input go to conv_masked.c: every
+ * border (a row above or below, a column either side that the flat offset
+ * wraps into the next row), planes narrower than a vector and not a
+ * multiple of one, taller or shorter outputs than inputs, dilation, groups,
+ * depthwise, the residual with ReLU6, and the fused pool. */
+static void conv_same_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw,
+			   int64_t ph, int64_t dil, int64_t groups, int act, int res, int pool)
+{
+	ds_conv2d_dims d = {
+		.n = n, .c = c, .h = h, .w = w, .o = o, .kh = kh, .kw = kw, .sh = 1, .sw = 1, .ph = ph,
+		.pw = dil * (kw - 1) / 2, .dh = dil, .dw = dil, .groups = groups, .relu = act > 0,
+		.cap = act == 2 ? 6.0f : 0.0f, .pool = pool,
+	};
+	ds_conv2d_dims plain;
+	int64_t yn, full;
+	float *x, *wt, *b, *r, *y, *ref, *tmp, *ws;
+	double err = 0.0;
+
+	d.oh = h + 2 * ph - dil * (kh - 1);
+	d.ow = w;
+	plain = d;
+	plain.relu = 0;
+	plain.cap = 0.0f;
+	plain.pool = 0;
+	full = n * o * d.oh * d.ow;
+	yn = pool ? n * o * (d.oh / 2) * (d.ow / 2) : full;
+	x = randv(n * c * h * w);
+	wt = randv(o * (c / groups) * kh * kw);
+	b = randv(o);
+	r = res ? randv(full) : NULL;
+	y = randv(yn);
+	ref = randv(full);
+	tmp = randv(yn);
+	ws = calloc(ds_conv2d_workspace(&d) + 1, sizeof *ws);
+	ds_conv2d_forward_res(&d, x, wt, b, r, y, ws);
+	ds_conv2d_forward_ref(&plain, x, wt, b, ref);
+	for (int64_t i = 0; i < full; i++) {
+		float v = ref[i] + (r ? r[i] : 0.0f);
+
+		if (act)
+			v = v > 0.0f ? v : 0.0f;
+		if (act == 2)
+			v = v < 6.0f ? v : 6.0f;
+		ref[i] = v;
+	}
+	if (pool)
+		for (int64_t pc = 0; pc < n * o; pc++)
+			ds_max_pool_2x2_plane(ref + pc * d.oh * d.ow, d.ow, d.oh / 2, d.ow / 2,
+					      tmp + pc * (d.oh / 2) * (d.ow / 2));
+	err = max_err(y, pool ? tmp : ref, yn, sqrt((double)(c / groups * kh * kw)) + 1);
+	ok(!ds_conv2d_masked_fits(&d) == !__builtin_cpu_supports("avx512f") && err < 1e-5,
+	   "same-width conv2d n%lld c%lld %lldx%lld o%lld k%lldx%lld ph%lld d%lld g%lld%s%s%s",
+	   (long long)n, (long long)c, (long long)h, (long long)w, (long long)o, (long long)kh, (long long)kw,
+	   (long long)ph, (long long)dil, (long long)groups, act == 2 ? " relu6" : act ? " relu" : "",
+	   res ? " residual" : "", pool ? " pool" : "");
+	free(x);
+	free(wt);
+	free(b);
+	free(r);
+	free(y);
+	free(ref);
+	free(tmp);
+	free(ws);
+}
+
+static void test_conv_same(void)
+{
+	conv_same_case(3, 32, 14, 14, 64, 3, 3, 1, 1, 1, 1, 0, 0);
+	conv_same_case(2, 1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 0, 1);
+	conv_same_case(2, 32, 14, 14, 64, 3, 3, 1, 1, 1, 1, 0, 1);
+	conv_same_case(1, 64, 7, 7, 64, 3, 3, 1, 1, 1, 0, 1, 0);
+	conv_same_case(2, 16, 28, 28, 16, 3, 3, 1, 1, 1, 1, 1, 0);
+	conv_same_case(2, 24, 14, 14, 24, 3, 3, 1, 1, 24, 2, 0, 0);
+	conv_same_case(2, 8, 7, 7, 16, 3, 3, 1, 1, 8, 2, 1, 0);
+	conv_same_case(3, 3, 5, 5, 13, 5, 5, 2, 1, 1, 1, 0, 0);
+	conv_same_case(2, 5, 9, 3, 7, 3, 3, 2, 1, 1, 0, 0, 0);      /* taller output */
+	conv_same_case(2, 5, 9, 11, 7, 3, 3, 0, 1, 1, 1, 0, 0);     /* shorter output */
+	conv_same_case(2, 4, 10, 9, 6, 3, 3, 2, 2, 2, 1, 1, 0);     /* dilation 2 */
+	conv_same_case(1, 3, 17, 19, 9, 7, 7, 3, 1, 1, 2, 0, 0);
+	conv_same_case(2, 6, 11, 1, 4, 3, 1, 1, 1, 1, 1, 0, 0);     /* one column */
+	conv_same_case(2, 6, 1, 13, 4, 1, 3, 0, 1, 1, 1, 0, 0);     /* one row */
+	conv_same_case(2, 70, 6, 6, 9, 3, 3, 1, 1, 1, 1, 1, 0);     /* channels past a pass */
+	conv_same_case(37, 4, 11, 9, 5, 3, 3, 1, 1, 1, 1, 0, 1);
+}
+
+/* ds_linear_forward_fixed: right, and each row the same bits whatever
+ * rows come with it and however many threads share the work. */
+static void linear_fixed_case(int64_t in, int64_t out)
+{
+	const int64_t m_max = 37;
+	float *x = randv(m_max * in), *w = randv(out * in), *b = randv(out);
+	float *y = randv(m_max * out), *alone = randv(m_max * out);
+	int64_t moved = 0;
+	double err = 0.0;
+
+	for (int64_t i = 0; i < m_max; i++)
+		ds_linear_forward_fixed(1, in, out, x + i * in, w, b, alone + i * out);
+	for (int64_t i = 0; i < m_max; i++)
+		for (int64_t o = 0; o < out; o++) {
+			double s = b[o];
+
+			for (int64_t k = 0; k < in; k++)
+				s += (double)x[i * in + k] * w[o * in + k];
+			err = fmax(err, fabs(alone[i * out + o] - s) / (sqrt((double)in) + 1));
+		}
+	for (int64_t m = 1; m <= m_max; m++) {
+		ds_linear_forward_fixed(m, in, out, x, w, b, y);
+		moved += memcmp(y, alone, (size_t)(m * out) * sizeof *y) != 0;
+	}
+	ok(err < 1e-5 && moved == 0, "linear, fixed order, in %lld out %lld: error %g, %lld batch sizes moved a row",
+	   (long long)in, (long long)out, err, (long long)moved);
+	free(x);
+	free(w);
+	free(b);
+	free(y);
+	free(alone);
+}
+
+static void test_linear_fixed(void)
+{
+	linear_fixed_case(3136, 128);
+	linear_fixed_case(128, 10);
+	linear_fixed_case(37, 13);
+	linear_fixed_case(5, 1);
+	linear_fixed_case(1000, 70);
+}
+
 int main(void)
 {
+	test_conv_same();
+	test_linear_fixed();
 	test_plan_chunks();
 	test_conv_residual();
 	test_relu();
@@ -515,9 +644,13 @@ int main(void)
 	/* Again on one thread: the split and the unsplit paths differ. */
 	omp_set_num_threads(1);
 	test_conv();
+	test_conv_same();
+	test_linear_fixed();
 	test_conv_backward();
 	omp_set_num_threads(3);
 	test_conv();
+	test_conv_same();
+	test_linear_fixed();
 	case_tactic = DS_CONV2D_TACTIC_LANES;
 	test_conv();
 	case_tactic = DS_CONV2D_TACTIC_AUTO;
