@@ -124,6 +124,55 @@ void ds_edit_remove_node(json_t *graph, size_t i)
 	json_array_remove(nodes_of(graph), i);
 }
 
+int ds_edit_pair_is(const json_t *attrs, const char *name, int64_t want, int absent_ok)
+{
+	const json_t *v = json_object_get(attrs, name);
+
+	if (!v)
+		return absent_ok;
+	if (json_is_integer(v))
+		return json_integer_value(v) == want;
+	return json_is_array(v) && json_array_size(v) == 2 &&
+	       json_is_integer(json_array_get(v, 0)) && json_integer_value(json_array_get(v, 0)) == want &&
+	       json_is_integer(json_array_get(v, 1)) && json_integer_value(json_array_get(v, 1)) == want;
+}
+
+ssize_t ds_edit_pool_fusable(const json_t *graph, size_t i)
+{
+	const json_t *pool = ds_edit_node(graph, i), *pattrs = json_object_get(pool, "attrs"), *prod, *attrs;
+	const json_t *ceil = json_object_get(pattrs, "ceil_mode"), *act;
+	const char *x = ds_edit_input(pool, 0);
+	ssize_t pi;
+
+	if (strcmp(ds_edit_node_op(pool), "max_pool") != 0 || !ds_edit_pair_is(pattrs, "kernel", 2, 0) ||
+	    !ds_edit_pair_is(pattrs, "stride", 2, 1) || !ds_edit_pair_is(pattrs, "padding", 0, 1) ||
+	    !(!ceil || (json_is_integer(ceil) && !json_integer_value(ceil)) || json_is_false(ceil)) ||
+	    json_array_size(json_object_get(pool, "outputs")) != 1 || ds_edit_uses(graph, x) != 1 ||
+	    (pi = ds_edit_producer(graph, x)) < 0)
+		return -1;
+	prod = ds_edit_node(graph, (size_t)pi);
+	attrs = json_object_get(prod, "attrs");
+	act = json_object_get(attrs, "activation");
+	if (strcmp(ds_edit_node_op(prod), "conv2d") != 0 || json_object_get(attrs, "pool") ||
+	    ds_edit_input_count(prod) > 3 || (act && (!json_is_string(act) || strcmp(json_string_value(act), "relu"))))
+		return -1;
+	return pi;
+}
+
+int ds_edit_fuse_pool(json_t *graph, size_t i, size_t conv, ds_error *err)
+{
+	json_t *prod = ds_edit_node(graph, conv), *attrs = json_object_get(prod, "attrs");
+	json_t *out = json_array_get(json_object_get(ds_edit_node(graph, i), "outputs"), 0);
+
+	if (!attrs && json_object_set_new(prod, "attrs", json_object()) == 0)
+		attrs = json_object_get(prod, "attrs");
+	if (!attrs || json_object_set_new(attrs, "pool", json_string("max_2x2")) ||
+	    json_array_set(json_object_get(prod, "outputs"), 0, out))
+		return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+	ds_edit_remove_node(graph, i);
+	return 0;
+}
+
 static int name_taken(const json_t *graph, const ds_container *params, const char *name)
 {
 	const json_t *ins = json_object_get(graph, "inputs");

@@ -11,9 +11,13 @@
 double ds_seconds(void);
 
 /* Rewrite a training graph's document (lib/train_graph.c) into one that
- * computes the same loss and gradients with less work (relu after
- * max_pool); *rewrites counts them.  params: names already taken. */
-int ds_train_graph_rewrite(json_t *graph, const ds_container *params, int *rewrites, ds_error *err);
+ * computes the same loss and gradients with less work; which: the
+ * rewrites to make, *rewrites counts them.  params: names already taken. */
+#define DS_TRAIN_RELU_AFTER_POOL 1u   /* exact: the same bits */
+#define DS_TRAIN_POOL_INTO_CONV 2u    /* the same loss; gradients summed in another order */
+#define DS_TRAIN_REWRITES_ALL (DS_TRAIN_RELU_AFTER_POOL | DS_TRAIN_POOL_INTO_CONV)
+int ds_train_graph_rewrite(json_t *graph, const ds_container *params, unsigned which, int *rewrites,
+			   ds_error *err);
 
 /* Allocation that reports through err: NULL and status 4 on failure. */
 void *ds_malloc(size_t bytes, ds_error *err);

@@ -424,20 +424,6 @@ static int pass_fuse_activation(struct pass_ctx *c, ds_error *err)
 	return 0;
 }
 
-/* A pool attribute that is absent (when absent_ok), want, or [want, want]. */
-static int pair_is(const json_t *attrs, const char *name, int64_t want, int absent_ok)
-{
-	const json_t *v = json_object_get(attrs, name);
-
-	if (!v)
-		return absent_ok;
-	if (json_is_integer(v))
-		return json_integer_value(v) == want;
-	return json_is_array(v) && json_array_size(v) == 2 &&
-	       json_is_integer(json_array_get(v, 0)) && json_integer_value(json_array_get(v, 0)) == want &&
-	       json_is_integer(json_array_get(v, 1)) && json_integer_value(json_array_get(v, 1)) == want;
-}
-
 /* A 2x2, stride-2 max-pool that alone reads a convolution's output (with
  * no activation or ReLU, which commutes with the max) becomes that
  * convolution's "pool" attribute: the kernel pools its output tiles while
@@ -445,46 +431,18 @@ static int pair_is(const json_t *attrs, const char *name, int64_t want, int abse
 static int pass_fuse_pool(struct pass_ctx *c, ds_error *err)
 {
 	for (size_t i = 0; i < ds_edit_node_count(c->graph);) {
-		json_t *pool = ds_edit_node(c->graph, i), *prod, *attrs, *pattrs, *ceil;
-		const char *x = ds_edit_input(pool, 0), *act;
-		char pool_name[256], prod_name[256], *out;
-		ssize_t pi = -1;
+		ssize_t pi = op_accepts("conv2d", "pool") ? ds_edit_pool_fusable(c->graph, i) : -1;
+		char pool_name[256], prod_name[256];
 		int rc;
 
-		pattrs = json_object_get(pool, "attrs");
-		ceil = json_object_get(pattrs, "ceil_mode");
-		if (!strcmp(ds_edit_node_op(pool), "max_pool") && pair_is(pattrs, "kernel", 2, 0) &&
-		    pair_is(pattrs, "stride", 2, 1) && pair_is(pattrs, "padding", 0, 1) &&
-		    (!ceil || (json_is_integer(ceil) && !json_integer_value(ceil)) || json_is_false(ceil)) &&
-		    ds_edit_uses(c->graph, x) == 1)
-			pi = ds_edit_producer(c->graph, x);
 		if (pi < 0) {
 			i++;
 			continue;
 		}
-		prod = ds_edit_node(c->graph, (size_t)pi);
-		attrs = json_object_get(prod, "attrs");
-		act = json_string_value(json_object_get(attrs, "activation"));
-		if (strcmp(ds_edit_node_op(prod), "conv2d") != 0 || !op_accepts("conv2d", "pool") ||
-		    json_object_get(attrs, "pool") || ds_edit_input_count(prod) > 3 || (json_object_get(attrs, "activation") && (!act || strcmp(act, "relu")))) {
-			i++;
-			continue;
-		}
-		if (!attrs) {
-			json_object_set_new(prod, "attrs", json_object());
-			attrs = json_object_get(prod, "attrs");
-		}
-		snprintf(pool_name, sizeof pool_name, "%s", ds_edit_node_name(pool));
-		snprintf(prod_name, sizeof prod_name, "%s", ds_edit_node_name(prod));
-		if (!attrs || json_object_set_new(attrs, "pool", json_string("max_2x2")) ||
-		    !(out = ds_strdup(ds_edit_output(pool, 0), err)))
-			return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
-		rc = json_array_set_new(json_object_get(prod, "outputs"), 0, json_string(out));
-		free(out);
-		if (rc)
-			return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
-		ds_edit_remove_node(c->graph, i);
-		if ((rc = note(c, err, "fuse-pool: max_pool '%s' into conv2d '%s'", pool_name, prod_name)))
+		snprintf(pool_name, sizeof pool_name, "%s", ds_edit_node_name(ds_edit_node(c->graph, i)));
+		snprintf(prod_name, sizeof prod_name, "%s", ds_edit_node_name(ds_edit_node(c->graph, (size_t)pi)));
+		if ((rc = ds_edit_fuse_pool(c->graph, i, (size_t)pi, err)) ||
+		    (rc = note(c, err, "fuse-pool: max_pool '%s' into conv2d '%s'", pool_name, prod_name)))
 			return rc;
 	}
 	return 0;
@@ -642,8 +600,8 @@ static int pass_gap_linear(struct pass_ctx *c, ds_error *err)
 		int rc = 0;
 
 		if (strcmp(ds_edit_node_op(conv), "conv2d") != 0 || ds_edit_input_count(conv) > 3 ||
-		    json_object_get(attrs, "pool") || !pair_is(attrs, "padding", 0, 1) ||
-		    !pair_is(attrs, "groups", 1, 1) || json_array_size(json_object_get(conv, "outputs")) != 1 ||
+		    json_object_get(attrs, "pool") || !ds_edit_pair_is(attrs, "padding", 0, 1) ||
+		    !ds_edit_pair_is(attrs, "groups", 1, 1) || json_array_size(json_object_get(conv, "outputs")) != 1 ||
 		    (fi = ds_edit_only_reader(c->graph, ds_edit_output(conv, 0))) < 0)
 			continue;
 		flat = ds_edit_node(c->graph, (size_t)fi);

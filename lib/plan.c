@@ -75,6 +75,8 @@ struct pnode {
 	size_t *in, *out;        /* value indices (slices of ds_plan.refs) */
 	int n_in, n_out;
 	int active;
+	uint64_t stream;         /* random stream (dropout): from the node's name, so that
+				  * rewrites that add or drop other nodes keep it */
 	size_t sparse_param;     /* parameter whose rows this node's ids touch, or NONE */
 	size_t saved_buf, fws_buf, bws_buf;
 	size_t saved_bytes, ws_bytes;    /* at the planned batch */
@@ -366,6 +368,7 @@ static int collect_values(ds_plan *p, ds_container *params, ds_error *err)
 		struct pnode *n = &p->nodes[k];
 
 		n->node = ds_graph_node(g, k);
+		n->stream = ds_hash_bytes(ds_node_name(n->node), strlen(ds_node_name(n->node))).lo;
 		n->op = ds_op_find(ds_node_op(n->node));
 		n->n_in = (int)ds_node_input_count(n->node);
 		n->n_out = (int)ds_node_output_count(n->node);
@@ -1239,7 +1242,7 @@ static int chunked_run(ds_plan *p, struct chunked *c, struct chunk_thread *th, i
 			int rc;
 
 			th->args[k].training = 0;
-			th->args[k].seed = mix(mix(step) ^ (uint64_t)k);
+			th->args[k].seed = mix(mix(step) ^ p->nodes[k].stream);
 			if ((rc = p->nodes[k].op->forward[DS_BACKEND_CPU](&th->args[k], err))) {
 				ds_error_prefix(err, "node '%s'", ds_node_name(p->nodes[k].node));
 				return rc;
@@ -1333,7 +1336,7 @@ int ds_plan_forward(ds_plan *p, int training, uint64_t step, ds_error *err)
 		int rc;
 
 		n->fa.training = training;
-		n->fa.seed = mix(mix(step) ^ (uint64_t)k);
+		n->fa.seed = mix(mix(step) ^ n->stream);
 		rc = n->op->forward[b](&n->fa, err);
 		if (rc) {
 			ds_error_prefix(err, "node '%s'", ds_node_name(n->node));
@@ -1478,7 +1481,7 @@ int ds_plan_backward(ds_plan *p, ds_error *err)
 		if (!n->active)
 			continue;
 		n->ba.training = p->last_training;
-		n->ba.seed = mix(mix(p->last_step) ^ (uint64_t)k);
+		n->ba.seed = mix(mix(p->last_step) ^ n->stream);
 		rc = n->op->backward[b](&n->ba, err);
 		if (rc) {
 			ds_error_prefix(err, "node '%s'", ds_node_name(n->node));

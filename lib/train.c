@@ -236,10 +236,11 @@ static int training_graph(struct trainer *t, ds_error *err)
 						       "inputs", "ds.train.loss.hard", "ds.train.loss.soft", "outputs", LOSS_VALUE));
 	}
 	json_array_insert_new(outputs, 0, json_string(LOSS_VALUE));
-	if ((rc = ds_train_graph_rewrite(graph, t->model, &rewrites, err)))
+	if ((rc = ds_train_graph_rewrite(graph, t->model, DS_TRAIN_REWRITES_ALL, &rewrites, err)))
 		goto out;
 	if (rewrites)
-		ds_log_verbose(t->cli, "training graph: %d ReLU moved after max_pool", rewrites);
+		ds_log_verbose(t->cli, "training graph: %d rewrites (ReLU after max_pool, max_pool into conv2d)",
+			       rewrites);
 	if (!(text = json_dumps(graph, JSON_COMPACT))) {
 		rc = nomem(err);
 		goto out;

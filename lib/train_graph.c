@@ -57,8 +57,39 @@ static int relu_after_pool(json_t *graph, const ds_container *params, int *rewri
 	return 0;
 }
 
-int ds_train_graph_rewrite(json_t *graph, const ds_container *params, int *rewrites, ds_error *err)
+/* A 2x2 max-pool into the convolution before it (once the ReLU between
+ * them has moved after the pool): the forward keeps where each maximum
+ * was, and backward sums the weight gradient over the pooled outputs
+ * only (kernels/cpu/conv_pooled.c).  The loss is the same to the bit; the
+ * gradients are the same sums in another order. */
+static int pool_into_conv(json_t *graph, int *rewrites, ds_error *err)
 {
+	for (size_t i = 0; i < ds_edit_node_count(graph);) {
+		ssize_t conv = ds_edit_pool_fusable(graph, i);
+		const json_t *attrs;
+		int rc;
+
+		/* A training graph's convolution takes no fused activation. */
+		if (conv < 0 || ((attrs = json_object_get(ds_edit_node(graph, (size_t)conv), "attrs")) &&
+				 json_object_get(attrs, "activation"))) {
+			i++;
+			continue;
+		}
+		if ((rc = ds_edit_fuse_pool(graph, i, (size_t)conv, err)))
+			return rc;
+		(*rewrites)++;
+	}
+	return 0;
+}
+
+int ds_train_graph_rewrite(json_t *graph, const ds_container *params, unsigned which, int *rewrites, ds_error *err)
+{
+	int rc = 0;
+
 	*rewrites = 0;
-	return relu_after_pool(graph, params, rewrites, err);
+	if (which & DS_TRAIN_RELU_AFTER_POOL)
+		rc = relu_after_pool(graph, params, rewrites, err);
+	if (!rc && (which & DS_TRAIN_POOL_INTO_CONV))
+		rc = pool_into_conv(graph, rewrites, err);
+	return rc;
 }

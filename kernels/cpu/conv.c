@@ -989,7 +989,7 @@ DIRECT_TILES(1)
  * its time. */
 static void direct_block(const ds_conv2d_dims *d, const struct direct_geom *g, const float *xp,
 			 const float *w, const float *b, const float *r, int64_t o0, int64_t ob,
-			 float *op, float *y)
+			 float *op, float *y, int32_t *am)
 {
 	const int64_t cg = d->c / d->groups, og = d->o / d->groups, grp = o0 / og;
 	const float *xg = xp + grp * cg * g->plane, *wg = w + o0 * cg * g->taps;
@@ -1028,6 +1028,10 @@ static void direct_block(const ds_conv2d_dims *d, const struct direct_geom *g, c
 
 		/* Pooled straight from the padded grid while it is in L1: the
 		 * full-size output never exists. */
+		if (d->pool && am) {
+			ds_max_pool_2x2_plane_idx(src, g->gw, d->ow, d->oh / 2, d->ow / 2, dst, am + oc * out_plane(d));
+			continue;
+		}
 		if (d->pool) {
 			if (d->relu) {
 				ds_max_pool_relu_2x2_plane(src, g->gw, d->oh / 2, d->ow / 2, dst);
@@ -1126,7 +1130,7 @@ static void direct_forward(const ds_conv2d_dims *d, const float *x, const float 
 
 					direct_block_at(d, blk, &o0, &ob);
 					direct_block(d, &g, xp, w, b, r ? r + i * out_img : NULL, o0, ob, op,
-						     y + i * out_img);
+						     y + i * out_img, d->argmax ? d->argmax + i * out_img : NULL);
 				}
 			}
 		} else {
@@ -1142,7 +1146,7 @@ static void direct_forward(const ds_conv2d_dims *d, const float *x, const float 
 
 					direct_block_at(d, blk, &o0, &ob);
 					direct_block(d, &g, xp, w, b, r ? r + i * out_img : NULL, o0, ob, op,
-						     y + i * out_img);
+						     y + i * out_img, d->argmax ? d->argmax + i * out_img : NULL);
 				}
 			}
 		}
@@ -1188,7 +1192,7 @@ static void depthwise_forward_direct(const ds_conv2d_dims *d, const ds_conv2d_di
 
 		direct_pad(e, &g, x + ic * in_plane, 0, 1, xp);
 		direct_block(e, &g, xp, w + ch * m * taps, b ? b + ch * m : NULL, r ? r + at : NULL, 0, m, op,
-			     y + at);
+			     y + at, NULL);
 	}
 }
 
@@ -1330,8 +1334,12 @@ static void pooled_forward(const ds_conv2d_dims *d, const float *x, const float 
 		ds_conv2d_forward(&e, x + i0 * in_img, w, b, tmp, ws);
 #pragma omp parallel for schedule(static) num_threads(ds_kernel_threads()) if (planes * full >= ((int64_t)1 << 15))
 		for (int64_t pc = 0; pc < planes; pc++)
-			ds_max_pool_2x2_plane(tmp + pc * full, d->ow, d->oh / 2, d->ow / 2,
-					      y + (i0 * d->o + pc) * part);
+			if (d->argmax)
+				ds_max_pool_2x2_plane_idx(tmp + pc * full, d->ow, d->ow, d->oh / 2, d->ow / 2,
+							  y + (i0 * d->o + pc) * part, d->argmax + (i0 * d->o + pc) * part);
+			else
+				ds_max_pool_2x2_plane(tmp + pc * full, d->ow, d->oh / 2, d->ow / 2,
+						      y + (i0 * d->o + pc) * part);
 	}
 }
 

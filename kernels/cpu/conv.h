@@ -67,6 +67,9 @@ typedef struct ds_conv2d_dims {
 				      * ReLU; y is then [n, o, oh / 2, ow / 2] */
 	int tactic;                  /* a ds_conv2d_tactic: what ds-optimize --tune chose */
 	int64_t chunk;               /* images per im2col GEMM; 0: from the image size */
+	int32_t *argmax;             /* forward with pool, or NULL: per pooled output, where
+				      * its maximum was in the convolution's plane
+				      * (oy * ow + ox), for ds_conv2d_pooled_backward */
 } ds_conv2d_dims;
 
 /* A kernel choice recorded in the model.  A choice this CPU cannot take
@@ -135,6 +138,10 @@ void ds_max_pool_backward(const ds_pool_dims *d, const int32_t *argmax, const fl
  * (ld >= 2 * ow, 2 * oh rows), into oh x ow packed outputs: the same
  * selects as ds_max_pool_forward, for kernels that pool their own output. */
 void ds_max_pool_2x2_plane(const float *x, int64_t ld, int64_t oh, int64_t ow, float *y);
+/* The same with argmax as ds_max_pool_forward writes it for a plane whose
+ * rows are width apart in the offsets (and ld apart in x). */
+void ds_max_pool_2x2_plane_idx(const float *x, int64_t ld, int64_t width, int64_t oh, int64_t ow, float *y,
+			       int32_t *argmax);
 /* The same after a ReLU (x has no NaN and no -0): plain maxima. */
 void ds_max_pool_relu_2x2_plane(const float *x, int64_t ld, int64_t oh, int64_t ow, float *y);
 void ds_avg_pool_forward(const ds_pool_dims *d, const float *x, float *y);
@@ -150,6 +157,17 @@ int ds_conv2d_lanes_fits(const ds_conv2d_dims *d);
 size_t ds_conv2d_lanes_workspace(const ds_conv2d_dims *d);
 void ds_conv2d_lanes_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
 			     const float *r, float *y, float *ws);
+
+/* conv_pooled.c: the gradients of a convolution whose output only a 2x2
+ * max-pool reads (d->pool), from the pooled gradient gy and the argmax
+ * its forward wrote.  Three of every four positions of the full gradient
+ * are zero, and more after a ReLU: the weight gradient sums over the
+ * pooled outputs only, each at the position its maximum came from.  The
+ * input gradient goes through ds_conv2d_backward on the full gradient.
+ * gx, gw, gb as ds_conv2d_backward. */
+size_t ds_conv2d_pooled_backward_workspace(const ds_conv2d_dims *d);
+void ds_conv2d_pooled_backward(const ds_conv2d_dims *d, const float *x, const float *w, const float *gy,
+			       const int32_t *argmax, float *gx, float *gw, float *gb, float *ws);
 
 /* conv_masked.c: stride-1 convolutions whose output is as wide as their
  * input, on the unpadded planes with the borders masked off in the loads;

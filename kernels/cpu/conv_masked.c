@@ -237,10 +237,11 @@ MASKED_ROWS(2)
 MASKED_ROWS(1)
 
 /* Output channels [o0, o0 + ob) of one image, all in one group, into y
- * (the image's output planes) or, pooled, through the thread's planes op. */
+ * (the image's output planes) or, pooled, through the thread's planes op,
+ * with the image's argmax when am is not NULL. */
 static void masked_block(const ds_conv2d_dims *d, const struct masked_geom *g, const __mmask16 *table,
 			 const float *x, const float *w, const float *b, const float *r, int64_t o0, int64_t ob,
-			 float *op, float *y)
+			 float *op, float *y, int32_t *am)
 {
 	const int64_t cg = d->c / d->groups, og = d->o / d->groups, grp = o0 / og;
 	const float *xg = x + grp * cg * g->in_plane;
@@ -268,7 +269,10 @@ static void masked_block(const ds_conv2d_dims *d, const struct masked_geom *g, c
 		}
 	}
 	for (int64_t j = 0; d->pool && j < ob; j++) {
-		if (d->relu)
+		if (am)
+			ds_max_pool_2x2_plane_idx(op + j * g->p, d->ow, d->ow, d->oh / 2, d->ow / 2, y + (o0 + j) * pooled,
+						  am + (o0 + j) * pooled);
+		else if (d->relu)
 			ds_max_pool_relu_2x2_plane(op + j * g->p, d->ow, d->oh / 2, d->ow / 2,
 						   y + (o0 + j) * pooled);
 		else
@@ -316,7 +320,7 @@ void ds_conv2d_masked_forward(const ds_conv2d_dims *d, const float *x, const flo
 			const int64_t ob = og - blk % per * MASKED_OB < MASKED_OB ? og - blk % per * MASKED_OB : MASKED_OB;
 
 			masked_block(d, &g, table, x + i * in_img, w, b, r ? r + i * d->o * out_p : NULL, o0, ob, op,
-				     y + i * out_img);
+				     y + i * out_img, d->argmax ? d->argmax + i * out_img : NULL);
 		}
 	}
 #else

@@ -191,6 +191,26 @@ static __attribute__((target("avx512f"))) void max_pool_relu_2x2_avx512(const fl
 }
 #endif
 
+void ds_max_pool_2x2_plane_idx(const float *x, int64_t ld, int64_t width, int64_t oh, int64_t ow, float *y,
+			       int32_t *argmax)
+{
+	const int vec = pool_avx512();
+
+	for (int64_t oy = 0; oy < oh; oy++) {
+		const float *r0 = x + 2 * oy * ld;
+		const int32_t base = (int32_t)(2 * oy * width);
+
+#ifdef HAVE_POOL_AVX512
+		if (vec) {
+			max_pool_2x2_row_avx512(r0, r0 + ld, width, ow, y + oy * ow, argmax + oy * ow, base);
+			continue;
+		}
+#endif
+		(void)vec;
+		max_pool_2x2_row(r0, r0 + ld, width, 0, ow, y + oy * ow, argmax + oy * ow, base);
+	}
+}
+
 /* After a ReLU no NaN is left (its max turned them into 0) and no -0, so
  * plain maxima give max_pool's values without its NaN checks and index
  * selects: rows first, then column pairs. */

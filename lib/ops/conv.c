@@ -164,14 +164,30 @@ static int conv_dims(const ds_node *node, const int64_t *x, const int64_t *w, co
 	return 0;
 }
 
+/* With a fused pool, training's backward too (ds-train's graph fuses
+ * conv2d and max_pool; see lib/train_graph.c). */
 static size_t conv2d_workspace(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out)
 {
 	ds_conv2d_dims d;
+	size_t ws, back;
 
 	(void)n_in;
 	if (conv_dims(node, in[0].dim, in[1].dim, out[0].dim, &d, NULL))
 		return 0;
-	return ds_conv2d_workspace(&d) * sizeof(float);
+	ws = ds_conv2d_workspace(&d);
+	back = d.pool ? ds_conv2d_pooled_backward_workspace(&d) : 0;
+	return (ws > back ? ws : back) * sizeof(float);
+}
+
+/* A fused pool keeps where each maximum was, for backward. */
+static size_t conv2d_saved(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out)
+{
+	ds_conv2d_dims d;
+
+	(void)n_in;
+	if (conv_dims(node, in[0].dim, in[1].dim, out[0].dim, &d, NULL) || !d.pool)
+		return 0;
+	return (size_t)ds_op_numel(&out[0]) * sizeof(int32_t);
 }
 
 static int conv2d_forward_cpu(const ds_op_args *a, ds_error *err)
@@ -182,6 +198,8 @@ static int conv2d_forward_cpu(const ds_op_args *a, ds_error *err)
 	if ((rc = conv_dims(a->node, a->in[0]->shape, a->in[1]->shape, a->out[0]->shape, &d, err)) ||
 	    (rc = ds_op_epilogue(a->node, &act, err)))
 		return rc;
+	if (d.pool && a->training)
+		d.argmax = a->saved;
 	ds_conv2d_forward_res(&d, a->in[0]->data, a->in[1]->data, a->n_in > 2 ? a->in[2]->data : NULL,
 			      a->n_in > 3 ? a->in[3]->data : NULL, a->out[0]->data, a->workspace);
 	/* ReLU and ReLU6 are applied inside the kernels, after the residual;
@@ -212,10 +230,17 @@ static int conv2d_backward_cpu(const ds_op_args *a, ds_error *err)
 		return rc;
 	if (d.relu || (ds_node_attrs(a->node) && json_object_get(ds_node_attrs(a->node), "activation")))
 		return refuse_fused_backward(a, "activation", err);
-	if (d.pool)
-		return refuse_fused_backward(a, "pool", err);
 	if (a->n_in > 3)
 		return refuse_fused_backward(a, "residual", err);
+	if (d.pool) {
+		if (!a->saved)
+			return ds_error_set(err, DS_ERR_RUN, "no_saved_state",
+					    "conv2d backward through a pool without saved indices");
+		ds_conv2d_pooled_backward(&d, a->in[0]->data, a->in[1]->data, a->grad_out[0]->data, a->saved,
+					  gx ? gx->data : NULL, gw ? gw->data : NULL, gb ? gb->data : NULL,
+					  a->workspace);
+		return 0;
+	}
 	ds_conv2d_backward(&d, a->in[0]->data, a->in[1]->data, a->grad_out[0]->data,
 			   gx ? gx->data : NULL, gw ? gw->data : NULL, gb ? gb->data : NULL,
 			   a->workspace);
@@ -225,6 +250,6 @@ static int conv2d_backward_cpu(const ds_op_args *a, ds_error *err)
 const ds_op ds_ops_conv[] = {
 	{ .name = "conv2d", .min_inputs = 2, .max_inputs = 4, .num_outputs = 1, .attrs = conv2d_attrs, .infer = conv2d_infer, .flops = conv2d_flops,
 	  .forward = { [DS_BACKEND_CPU] = conv2d_forward_cpu }, .backward = { [DS_BACKEND_CPU] = conv2d_backward_cpu },
-	  .workspace = conv2d_workspace, .backward_needs = DS_NEEDS_IN(0) | DS_NEEDS_IN(1) },
+	  .workspace = conv2d_workspace, .saved = conv2d_saved, .backward_needs = DS_NEEDS_IN(0) | DS_NEEDS_IN(1) },
 	{ .name = NULL },
 };

@@ -582,6 +582,106 @@ static void test_conv_same(void)
 	conv_same_case(37, 4, 11, 9, 5, 3, 3, 1, 1, 1, 1, 0, 1);
 }
 
+/* A convolution with its max-pool fused, as ds-train runs one: the forward
+ * keeps argmax and gives conv then max_pool's values; the backward from the
+ * pooled gradient (zero in places, as after a ReLU) gives what the pool's
+ * backward and the plain convolution backward give. */
+static void conv_pooled_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k, int64_t stride,
+			     int64_t pad, int64_t dil, int64_t groups, int with_gx)
+{
+	ds_conv2d_dims d = {
+		.n = n, .c = c, .h = h, .w = w, .o = o, .kh = k, .kw = k, .sh = stride, .sw = stride, .ph = pad,
+		.pw = pad, .dh = dil, .dw = dil, .groups = groups, .pool = 1,
+	};
+	ds_conv2d_dims e;
+	ds_pool_dims pd;
+	int64_t xn, wn, full, pooled;
+	float *x, *wt, *b, *y, *ref_full, *ref_y, *gy, *gfull, *gx, *gw, *gb, *rgx, *rgw, *rgb, *ws, *rws;
+	int32_t *am, *ram;
+	double err;
+
+	d.oh = (h + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+	d.ow = (w + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+	e = d;
+	e.pool = 0;
+	pd = (ds_pool_dims){ .n = n, .c = o, .h = d.oh, .w = d.ow, .oh = d.oh / 2, .ow = d.ow / 2, .kh = 2, .kw = 2,
+			     .sh = 2, .sw = 2 };
+	xn = n * c * h * w;
+	wn = o * (c / groups) * k * k;
+	full = n * o * d.oh * d.ow;
+	pooled = n * o * (d.oh / 2) * (d.ow / 2);
+	x = randv(xn);
+	wt = randv(wn);
+	b = randv(o);
+	y = randv(pooled);
+	ref_full = randv(full);
+	ref_y = randv(pooled);
+	gy = randv(pooled);
+	for (int64_t i = 0; i < pooled; i += 3)
+		gy[i] = 0.0f;
+	gfull = calloc((size_t)full, sizeof *gfull);
+	gx = calloc((size_t)xn, sizeof *gx);
+	gw = calloc((size_t)wn, sizeof *gw);
+	gb = calloc((size_t)o, sizeof *gb);
+	rgx = calloc((size_t)xn, sizeof *rgx);
+	rgw = calloc((size_t)wn, sizeof *rgw);
+	rgb = calloc((size_t)o, sizeof *rgb);
+	am = calloc((size_t)pooled, sizeof *am);
+	ram = calloc((size_t)pooled, sizeof *ram);
+	ws = calloc(ds_conv2d_pooled_backward_workspace(&d) + ds_conv2d_workspace(&d) + 1, sizeof *ws);
+	rws = calloc(ds_conv2d_workspace(&e) + 1, sizeof *rws);
+	d.argmax = am;
+	ds_conv2d_forward(&d, x, wt, b, y, ws);
+	d.argmax = NULL;
+	ds_conv2d_forward(&e, x, wt, b, ref_full, rws);
+	ds_max_pool_forward(&pd, ref_full, ref_y, ram);
+	ok(max_err(y, ref_y, pooled, 1.0) < 1e-6 && memcmp(am, ram, (size_t)pooled * sizeof *am) == 0,
+	   "conv2d + pool forward with argmax: n%lld c%lld %lldx%lld o%lld k%lld s%lld p%lld d%lld g%lld", (long long)n,
+	   (long long)c, (long long)h, (long long)w, (long long)o, (long long)k, (long long)stride, (long long)pad,
+	   (long long)dil, (long long)groups);
+	ds_max_pool_backward(&pd, ram, gy, gfull);
+	ds_conv2d_backward(&e, x, wt, gfull, with_gx ? rgx : NULL, rgw, rgb, rws);
+	ds_conv2d_pooled_backward(&d, x, wt, gy, am, with_gx ? gx : NULL, gw, gb, ws);
+	err = fmax(fmax(max_err(gw, rgw, wn, sqrt((double)(n * d.oh * d.ow)) + 1),
+			max_err(gb, rgb, o, sqrt((double)(n * d.oh * d.ow)) + 1)),
+		   with_gx ? max_err(gx, rgx, xn, sqrt((double)(o * k * k)) + 1) : 0.0);
+	ok(err < 1e-5, "conv2d + pool backward%s: n%lld c%lld %lldx%lld o%lld k%lld s%lld p%lld d%lld g%lld: %g",
+	   with_gx ? " with gx" : "", (long long)n, (long long)c, (long long)h, (long long)w, (long long)o,
+	   (long long)k, (long long)stride, (long long)pad, (long long)dil, (long long)groups, err);
+	free(x);
+	free(wt);
+	free(b);
+	free(y);
+	free(ref_full);
+	free(ref_y);
+	free(gy);
+	free(gfull);
+	free(gx);
+	free(gw);
+	free(gb);
+	free(rgx);
+	free(rgw);
+	free(rgb);
+	free(am);
+	free(ram);
+	free(ws);
+	free(rws);
+}
+
+static void test_conv_pooled(void)
+{
+	conv_pooled_case(4, 1, 28, 28, 32, 3, 1, 1, 1, 1, 0);       /* windows */
+	conv_pooled_case(3, 32, 14, 14, 64, 3, 1, 1, 1, 1, 1);      /* 3x3 in registers */
+	conv_pooled_case(2, 40, 10, 10, 8, 3, 1, 1, 1, 1, 1);       /* 2 + 1 vectors */
+	conv_pooled_case(2, 3, 11, 9, 5, 3, 1, 1, 1, 1, 1);         /* odd planes */
+	conv_pooled_case(2, 3, 12, 12, 4, 5, 1, 2, 1, 1, 1);        /* 5x5: windows */
+	conv_pooled_case(2, 20, 12, 12, 4, 5, 1, 2, 1, 1, 0);       /* 5x5: any window */
+	conv_pooled_case(2, 8, 17, 17, 6, 3, 2, 1, 1, 1, 1);        /* stride 2 */
+	conv_pooled_case(2, 16, 13, 13, 6, 3, 1, 2, 2, 1, 1);       /* dilation 2 */
+	conv_pooled_case(2, 8, 12, 12, 8, 3, 1, 1, 1, 2, 1);        /* groups */
+	conv_pooled_case(1, 2, 5, 4, 3, 3, 1, 0, 1, 1, 1);          /* no padding, 3x2 output */
+}
+
 /* ds_linear_forward_fixed: right, and each row the same bits whatever
  * rows come with it and however many threads share the work. */
 static void linear_fixed_case(int64_t in, int64_t out)
@@ -627,6 +727,7 @@ static void test_linear_fixed(void)
 int main(void)
 {
 	test_conv_same();
+	test_conv_pooled();
 	test_linear_fixed();
 	test_plan_chunks();
 	test_conv_residual();
@@ -645,11 +746,13 @@ int main(void)
 	omp_set_num_threads(1);
 	test_conv();
 	test_conv_same();
+	test_conv_pooled();
 	test_linear_fixed();
 	test_conv_backward();
 	omp_set_num_threads(3);
 	test_conv();
 	test_conv_same();
+	test_conv_pooled();
 	test_linear_fixed();
 	case_tactic = DS_CONV2D_TACTIC_LANES;
 	test_conv();
