@@ -3,20 +3,25 @@
  * Training a convolution whose output only a max-pool reads, the pool's
  * backward scatters the pooled gradient into a full-size one that is zero
  * at three of every four positions (more after a ReLU, which zeroes the
- * pooled gradient where the maximum was not positive), and the weight
- * gradient then sums gy[o][p] x[c][p + tap] over every position p.  Here it
- * sums over the pooled outputs only, each at the position its maximum came
- * from (the argmax the fused forward wrote), and skips zero gradients: a
- * quarter of the work or less, and no full-size gradient unless the input
- * gradient is wanted.
+ * pooled gradient where the maximum was not positive), and both gradients
+ * of the convolution then go over every position.  Here they go over the
+ * pooled outputs only, each at the window its maximum came from (the
+ * argmax the fused forward wrote): a quarter of the work, and no full-size
+ * gradient.
  *
- * The image is padded and turned channels-last, so that the channels of
- * one tap at one position are whole vectors (16 channels each, the last
- * padded with zeros); for a 3x3 filter a thread keeps the 9 taps of 32
- * channels of one output channel in 18 registers while it walks that
- * channel's pooled outputs.  An image of few channels becomes windows
- * instead, a position's taps and channels in one or two vectors.  Per-thread partials [o][tap][channel] are
- * added in thread order and turned into [o][c][kh][kw] at the end.
+ * Weight gradient: the image is padded and turned channels-last, so that
+ * the channels of one tap at one position are whole vectors (16 channels
+ * each, the last padded with zeros); for a 3x3 filter a thread keeps the 9
+ * taps of 32 channels of one output channel in 18 registers while it walks
+ * that channel's pooled outputs, zero or not (a branch on zero gradients,
+ * which come in no pattern, costs more than the FMAs it saves).  An image
+ * of few channels becomes windows instead, a position's taps and channels
+ * in one or two vectors.  Per-thread partials [o][tap][channel] are added
+ * in thread order and turned into [o][c][kh][kw] at the end.
+ *
+ * Input gradient (3x3): each non-zero pooled gradient adds its filter,
+ * times it, into its window of a padded channels-last image gradient;
+ * here skipping zeros pays, each being 18 loads and stores.
  */
 #include "config.h"
 #include "cpu/conv.h"
@@ -174,11 +179,8 @@ windows_in(int nv, const struct pooled_geom *g, const float *xt, const float *gy
 		acc[v] = _mm512_loadu_ps(part + 16 * v);
 	for (int64_t q = 0; q < g->pooled; q++) {
 		const float *src = xt + am[q] * g->cp;
-		__m512 gv;
+		const __m512 gv = _mm512_set1_ps(gy[q]);
 
-		if (gy[q] == 0.0f)
-			continue;
-		gv = _mm512_set1_ps(gy[q]);
 		for (int v = 0; v < nv; v++)
 			acc[v] = _mm512_fmadd_ps(gv, _mm512_loadu_ps(src + 16 * v), acc[v]);
 	}
@@ -226,13 +228,9 @@ taps9(int nv, const ds_conv2d_dims *d, const struct pooled_geom *g, const int32_
 		for (int v = 0; v < nv; v++)
 			acc[t][v] = _mm512_loadu_ps(part + t * g->cp + 16 * (cv + v));
 	for (int64_t q = 0; q < g->pooled; q++) {
-		const float *at;
-		__m512 gv;
+		const float *at = xt + where[am[q]] * g->cp;
+		const __m512 gv = _mm512_set1_ps(gy[q]);
 
-		if (gy[q] == 0.0f)
-			continue;
-		gv = _mm512_set1_ps(gy[q]);
-		at = xt + where[am[q]] * g->cp;
 #pragma GCC unroll 9
 		for (int t = 0; t < 9; t++)
 #pragma GCC unroll 2
