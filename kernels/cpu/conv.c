@@ -14,9 +14,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define HAVE_DIRECT_AVX512 1
@@ -43,24 +40,6 @@ static int64_t max64(int64_t a, int64_t b)
 static int64_t out_plane(const ds_conv2d_dims *d)
 {
 	return d->pool ? (d->oh / 2) * (d->ow / 2) : d->oh * d->ow;
-}
-
-static int thread_id(void)
-{
-#ifdef _OPENMP
-	return omp_get_thread_num();
-#else
-	return 0;
-#endif
-}
-
-static int thread_count(void)
-{
-#ifdef _OPENMP
-	return omp_get_num_threads();
-#else
-	return 1;
-#endif
 }
 
 /* Output positions x in [lo, hi) whose input x * stride + off is inside
@@ -351,7 +330,7 @@ static void chunked_forward_res(const ds_conv2d_dims *d, int64_t chunk, const fl
 
 #pragma omp parallel num_threads(ds_kernel_threads())
 	{
-		int t = thread_id(), nt = thread_count();
+		int t = ds_team_thread(), nt = ds_team_size();
 		int64_t i0 = d->n * t / nt, i1 = d->n * (t + 1) / nt;
 		float *col = ws + ds_kernel_slice() * slice, *tmp = col + k * chunk * p;
 
@@ -460,7 +439,7 @@ void ds_conv2d_backward_chunked(const ds_conv2d_dims *d, int64_t chunk, const fl
 	 * for the slowest thread, long where the cores are shared. */
 #pragma omp parallel num_threads(ds_kernel_threads())
 	{
-		int t = thread_id(), nt = thread_count();
+		int t = ds_team_thread(), nt = ds_team_size();
 		int64_t i0 = d->n * t / nt, i1 = d->n * (t + 1) / nt;
 		float *col = ws + t * slice, *gwp = ws + t * slice + gw_at;
 
@@ -530,7 +509,7 @@ static void pointwise_backward(const ds_conv2d_dims *d, const float *x, const fl
 
 #pragma omp parallel num_threads(ds_kernel_threads())
 	{
-		int t = thread_id(), nt = thread_count();
+		int t = ds_team_thread(), nt = ds_team_size();
 		int64_t i0 = d->n * t / nt, i1 = d->n * (t + 1) / nt;
 		float *gwp = ws + t * slice;
 
@@ -1117,7 +1096,7 @@ static void direct_forward(const ds_conv2d_dims *d, const float *x, const float 
 	direct_geom(d, &g);
 #pragma omp parallel num_threads(threads)
 	{
-		int t = thread_id(), nt = thread_count();
+		int t = ds_team_thread(), nt = ds_team_size();
 
 		if (d->n >= nt) {
 			int64_t i0 = d->n * t / nt, i1 = d->n * (t + 1) / nt;

@@ -25,6 +25,11 @@ int ds_kernel_threads(void);
  * apart. */
 int ds_kernel_slice(void);
 
+/* In a kernel's parallel region: this thread's number in its team, and
+ * the team's size (0 and 1 without OpenMP). */
+int ds_team_thread(void);
+int ds_team_size(void);
+
 /* C = alpha * op(A) op(B) + beta * C, row-major.  Outside an OpenMP
  * parallel region a large product is split over the OpenMP threads, each
  * calling cblas_sgemm: OpenBLAS is meant to run single-threaded

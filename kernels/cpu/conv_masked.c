@@ -25,9 +25,6 @@
 #include "cpu/conv.h"
 
 #include <stdint.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define HAVE_MASKED_AVX512 1
@@ -297,11 +294,7 @@ void ds_conv2d_masked_forward(const ds_conv2d_dims *d, const float *x, const flo
 	masked_geom(d, &g);
 #pragma omp parallel num_threads(threads)
 	{
-#ifdef _OPENMP
-		const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-		const int64_t t = 0, nt = 1;
-#endif
+		const int64_t t = ds_team_thread(), nt = ds_team_size();
 		float *op = ws + ds_kernel_slice() * slice;
 		__mmask16 own[MASKED_TABLE_MAX];
 		const __mmask16 *table = NULL;

@@ -27,9 +27,6 @@
 #include "cpu/conv.h"
 
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define HAVE_POOLED_AVX512 1
@@ -293,11 +290,7 @@ static void weight_grad(const ds_conv2d_dims *d, const struct pooled_geom *g, co
 		team = POOLED_TEAM_MAX;
 #pragma omp parallel num_threads(team)
 	{
-#ifdef _OPENMP
-		const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-		const int t = 0, nt = 1;
-#endif
+		const int t = ds_team_thread(), nt = ds_team_size();
 		const int mine = ds_kernel_slice();
 		float *xt = ws + mine * g->slice, *part = xt + g->turned;
 
@@ -422,11 +415,7 @@ static void grad_input_sparse(const ds_conv2d_dims *d, const struct pooled_geom 
 				wt[(o * 9 + t) * cp + ch] = w[(o * d->c + ch) * 9 + t];
 #pragma omp parallel num_threads(ds_kernel_threads())
 	{
-#ifdef _OPENMP
-		const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-		const int64_t t = 0, nt = 1;
-#endif
+		const int64_t t = ds_team_thread(), nt = ds_team_size();
 		float *gxt = ws + ds_kernel_slice() * image;
 
 		for (int64_t i = d->n * t / nt; i < d->n * (t + 1) / nt; i++) {

@@ -155,11 +155,7 @@ void ds_linear_forward_fixed(int64_t m, int64_t in, int64_t out, const float *x,
 		threads = 1;
 #pragma omp parallel num_threads(threads)
 	{
-#ifdef _OPENMP
-		const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-		const int64_t t = 0, nt = 1;
-#endif
+		const int64_t t = ds_team_thread(), nt = ds_team_size();
 		int64_t o0 = tiles * t / nt * DENSE_NR, o1 = tiles * (t + 1) / nt * DENSE_NR;
 
 		columns(m, in, out, o0, o1 < out ? o1 : out, x, w, b, y);

@@ -19,6 +19,24 @@ int ds_kernel_threads(void)
 #endif
 }
 
+int ds_team_thread(void)
+{
+#ifdef _OPENMP
+	return omp_get_thread_num();
+#else
+	return 0;
+#endif
+}
+
+int ds_team_size(void)
+{
+#ifdef _OPENMP
+	return omp_get_num_threads();
+#else
+	return 1;
+#endif
+}
+
 int ds_kernel_slice(void)
 {
 #ifdef _OPENMP
