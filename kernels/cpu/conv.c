@@ -1335,7 +1335,9 @@ void ds_conv2d_forward_res(const ds_conv2d_dims *d, const float *x, const float 
 	case DS_CONV2D_DEPTHWISE: {
 		ds_conv2d_dims e;
 
-		if (depthwise_direct(d, &e))
+		if (ds_conv2d_dw3_fits(d))
+			ds_conv2d_dw3_forward(d, x, w, b, r, y);
+		else if (depthwise_direct(d, &e))
 			depthwise_forward_direct(d, &e, x, w, b, r, y, ws);
 		else
 			depthwise_forward(d, x, w, b, r, y);

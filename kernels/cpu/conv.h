@@ -182,4 +182,12 @@ int ds_conv2d_masked_fits(const ds_conv2d_dims *d);
 void ds_conv2d_masked_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
 			      const float *r, float *y, float *ws, int64_t slice, int threads);
 
+/* conv_dw3.c: 3x3 depthwise convolutions with one filter a channel,
+ * padding 1, stride 2 or stride 1 on planes of up to 4096 outputs, a plane
+ * at a time from the unpadded input; AVX-512 only.  The epilogue as
+ * ds_conv2d_forward_res. */
+int ds_conv2d_dw3_fits(const ds_conv2d_dims *d);
+void ds_conv2d_dw3_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
+			   const float *r, float *y);
+
 #endif

@@ -861,6 +861,8 @@ size_t ds_qconv2d_workspace(const ds_conv2d_dims *d)
 	struct conv_layout a, b;
 	struct dw_layout dl;
 
+	if (is_depthwise(d) && ds_qconv2d_dw3_fits(d))
+		return ds_qconv2d_dw3_workspace(d);
 	if (is_depthwise(d))
 		return dw_form(d, &dl) ? dl.slice * (size_t)ds_kernel_threads() : 0;
 	/* Room for either micro-kernel's layout (ds_qgemm_force may switch). */
@@ -1039,6 +1041,10 @@ void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t 
 	int64_t p_n = d->oh * d->ow, rtiles, parts;
 	size_t es = out_size(e);
 
+	if (is_depthwise(d) && ds_qconv2d_dw3_fits(d)) {
+		ds_qconv2d_dw3_forward(d, x, w, e, y, ws);
+		return;
+	}
 	if (is_depthwise(d)) {
 #ifdef DS_HAVE_VNNI_BUILD
 		struct dw_layout dl;

@@ -582,6 +582,73 @@ static void test_conv_same(void)
 	conv_same_case(37, 4, 11, 9, 5, 3, 3, 1, 1, 1, 1, 0, 1);
 }
 
+/* 3x3 depthwise layers go to conv_dw3.c: stride 2 on planes whose output
+ * rows take one vector or several (the odd lanes carried from one to the
+ * next), odd widths, one-pixel planes; stride 1 on flat planes narrower
+ * than a vector and wider; no bias, ReLU6 and the residual (added after
+ * the bias, as the unfused graph adds it). */
+static void conv_dw3_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t stride, int bias, int act, int res)
+{
+	ds_conv2d_dims d = {
+		.n = n, .c = c, .h = h, .w = w, .o = c, .kh = 3, .kw = 3, .sh = stride, .sw = stride, .ph = 1,
+		.pw = 1, .dh = 1, .dw = 1, .groups = c, .relu = act > 0, .cap = act == 2 ? 6.0f : 0.0f,
+	};
+	ds_conv2d_dims plain;
+	int64_t yn;
+	float *x, *wt, *b, *r, *y, *ref, *ws;
+
+	d.oh = (h - 1) / stride + 1;
+	d.ow = (w - 1) / stride + 1;
+	plain = d;
+	plain.relu = 0;
+	plain.cap = 0.0f;
+	yn = n * c * d.oh * d.ow;
+	x = randv(n * c * h * w);
+	wt = randv(c * 9);
+	b = bias ? randv(c) : NULL;
+	r = res ? randv(yn) : NULL;
+	y = randv(yn);
+	ref = randv(yn);
+	ws = calloc(ds_conv2d_workspace(&d) + 1, sizeof *ws);
+	ds_conv2d_forward_res(&d, x, wt, b, r, y, ws);
+	ds_conv2d_forward_ref(&plain, x, wt, b, ref);
+	for (int64_t i = 0; i < yn; i++) {
+		float v = ref[i] + (r ? r[i] : 0.0f);
+
+		if (act)
+			v = v > 0.0f ? v : 0.0f;
+		if (act == 2)
+			v = v < 6.0f ? v : 6.0f;
+		ref[i] = v;
+	}
+	ok(!ds_conv2d_dw3_fits(&d) == !__builtin_cpu_supports("avx512f") && max_err(y, ref, yn, 4.0) < 1e-5,
+	   "3x3 depthwise n%lld c%lld %lldx%lld s%lld%s%s%s", (long long)n, (long long)c, (long long)h, (long long)w,
+	   (long long)stride, bias ? " bias" : "", act == 2 ? " relu6" : act ? " relu" : "", res ? " residual" : "");
+	free(x);
+	free(wt);
+	free(b);
+	free(r);
+	free(y);
+	free(ref);
+	free(ws);
+}
+
+static void test_conv_dw3(void)
+{
+	conv_dw3_case(2, 64, 28, 28, 2, 1, 2, 0);    /* mobilenet-s */
+	conv_dw3_case(1, 96, 14, 14, 2, 1, 2, 0);
+	conv_dw3_case(2, 96, 14, 14, 1, 1, 2, 0);
+	conv_dw3_case(2, 128, 7, 7, 1, 1, 1, 1);
+	conv_dw3_case(3, 5, 37, 71, 2, 1, 1, 1);     /* three vectors a row */
+	conv_dw3_case(2, 3, 33, 34, 2, 0, 0, 0);
+	conv_dw3_case(2, 3, 9, 23, 1, 0, 2, 1);
+	conv_dw3_case(1, 2, 64, 64, 1, 1, 1, 0);     /* 256 vectors, the most a flat plane has */
+	conv_dw3_case(2, 4, 5, 3, 2, 1, 0, 1);
+	conv_dw3_case(2, 3, 1, 1, 1, 1, 1, 0);
+	conv_dw3_case(2, 3, 1, 1, 2, 1, 1, 0);
+	conv_dw3_case(1, 2, 2, 17, 2, 1, 0, 0);
+}
+
 /* A convolution with its max-pool fused, as ds-train runs one: the forward
  * keeps argmax and gives conv then max_pool's values; the backward from the
  * pooled gradient (zero in places, as after a ReLU) gives what the pool's
@@ -727,6 +794,7 @@ static void test_linear_fixed(void)
 int main(void)
 {
 	test_conv_same();
+	test_conv_dw3();
 	test_conv_pooled();
 	test_linear_fixed();
 	test_plan_chunks();

@@ -1,0 +1,385 @@
+/* conv_dw3.c - 3x3 depthwise convolutions, padding 1, stride 1 or 2, one
+ * plane at a time straight from the unpadded input.
+ *
+ * The direct kernel of conv.c takes a strided layer through phases: each
+ * plane is first split into its four stride-2 phases, row by row, and the
+ * splitting costs several times the layer's few FMAs (mobilenet-s's three
+ * stride-2 depthwise layers were a third of its batch at 3 to 13 GFLOP/s).
+ * Here an output row of sixteen columns reads its three input rows with
+ * masked loads (the padding is the lanes masked off) and, at stride 2, two
+ * loads of 32 inputs whose even and odd lanes are the centre and right
+ * taps; the left tap is the odd lanes one column back, carried from the
+ * chunk before.
+ *
+ * The INT8 form runs the same rows on the plane turned to floats, x - zero
+ * point: every product of a code and a weight is an integer below 2^15 and
+ * nine of them sum below 2^24, so the float sums are the int32 sums exactly
+ * and the epilogue is the VNNI kernels', lane for lane.
+ */
+#include "config.h"
+#include "cpu/conv.h"
+#include "cpu/quant.h"
+
+#include <math.h>
+#include <stdint.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_DW3_AVX512 1
+#endif
+
+/* Stride-1 planes of more than DW3_VECS_MAX vectors run rows of sixteen,
+ * which conv_masked.c's flat planes beat in float; the INT8 form takes
+ * them (its alternative is slower still). */
+#define DW3_VECS_MAX 256
+/* Vectors of an output row, at most. */
+#define DW3_CHUNKS_MAX 64
+
+static int dw3_shape(const ds_conv2d_dims *d)
+{
+	return d->groups == d->c && d->o == d->c && d->kh == 3 && d->kw == 3 && d->ph == 1 && d->pw == 1 &&
+	       d->dh == 1 && d->dw == 1 && (d->sh == 1 || d->sh == 2) && d->sw == d->sh && !d->pool &&
+	       d->oh > 0 && d->ow > 0 && d->ow <= 16 * DW3_CHUNKS_MAX;
+}
+
+int ds_conv2d_dw3_fits(const ds_conv2d_dims *d)
+{
+#ifdef HAVE_DW3_AVX512
+	return dw3_shape(d) && (d->sh == 2 || (d->oh * d->ow + 15) / 16 <= DW3_VECS_MAX) &&
+	       __builtin_cpu_supports("avx512f");
+#else
+	(void)d;
+	return 0;
+#endif
+}
+
+int ds_qconv2d_dw3_fits(const ds_conv2d_dims *d)
+{
+#ifdef HAVE_DW3_AVX512
+	return dw3_shape(d) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#else
+	(void)d;
+	return 0;
+#endif
+}
+
+/* Planes turned to floats together before any is read: a load straight
+ * after the stores that wrote its floats waits for them (store-to-load
+ * forwarding fails on the shifted, masked loads), which made 7x7 planes
+ * twice as slow as the VNNI kernel. */
+#define DW3_GROUP_FLOATS 4096
+
+static int64_t dw3_group(const ds_conv2d_dims *d)
+{
+	int64_t in = d->h * d->w;
+
+	return in >= DW3_GROUP_FLOATS ? 1 : DW3_GROUP_FLOATS / in;
+}
+
+size_t ds_qconv2d_dw3_workspace(const ds_conv2d_dims *d)
+{
+	return (size_t)ds_kernel_threads() * (size_t)((dw3_group(d) * d->h * d->w + 15) / 16 * 16) * sizeof(float);
+}
+
+#ifdef HAVE_DW3_AVX512
+/* Lanes j with 0 <= at + j < w. */
+static inline __mmask16 span(int64_t at, int64_t w)
+{
+	int64_t lo = at < 0 ? -at : 0, hi = w - at < 16 ? w - at : 16;
+
+	if (hi <= lo)
+		return 0;
+	return (__mmask16)((0xffffu >> (16 - (hi - lo))) << lo);
+}
+
+/* row[at .. at + 16) under mask m.  at may be before the row: only the
+ * masked lanes are read, and the address is formed as an integer. */
+static inline __attribute__((always_inline, target("avx512f"))) __m512 load_at(const float *row, int64_t at,
+										__mmask16 m)
+{
+	return _mm512_maskz_loadu_ps(m, (const void *)((uintptr_t)row + (uintptr_t)(at * 4)));
+}
+
+/* The sums of output row oy, columns [ox0, ox0 + 16), into acc, the loads
+ * under the chunk's masks m; odd[ky] carries the odd lanes of the previous
+ * chunk at stride 2. */
+static inline __attribute__((always_inline, target("avx512f"))) __m512
+dw3_chunk(const float *x, int64_t h, int64_t w, int s, const __m512 *wt, int64_t oy, int64_t ox0,
+	  const __mmask16 *m, __m512 *odd)
+{
+	const __m512i even_idx = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+	const __m512i odd_idx = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+	__m512 acc[3] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
+
+#pragma GCC unroll 3
+	for (int ky = 0; ky < 3; ky++) {
+		int64_t iy = oy * s + ky - 1;
+		const float *row = x + iy * w;
+
+		if (iy < 0 || iy >= h)
+			continue;
+		if (s == 1) {
+			acc[ky] = _mm512_mul_ps(load_at(row, ox0 - 1, m[0]), wt[3 * ky]);
+			acc[ky] = _mm512_fmadd_ps(load_at(row, ox0, m[1]), wt[3 * ky + 1], acc[ky]);
+			acc[ky] = _mm512_fmadd_ps(load_at(row, ox0 + 1, m[2]), wt[3 * ky + 2], acc[ky]);
+		} else {
+			__m512 a = load_at(row, 2 * ox0, m[0]), b = load_at(row, 2 * ox0 + 16, m[1]);
+			__m512 ev = _mm512_permutex2var_ps(a, even_idx, b), od = _mm512_permutex2var_ps(a, odd_idx, b);
+			/* Lane j: input 2 (ox0 + j) - 1, the odd lane before. */
+			__m512 left = _mm512_castsi512_ps(
+				_mm512_alignr_epi32(_mm512_castps_si512(od), _mm512_castps_si512(odd[ky]), 15));
+
+			odd[ky] = od;
+			acc[ky] = _mm512_mul_ps(left, wt[3 * ky]);
+			acc[ky] = _mm512_fmadd_ps(ev, wt[3 * ky + 1], acc[ky]);
+			acc[ky] = _mm512_fmadd_ps(od, wt[3 * ky + 2], acc[ky]);
+		}
+	}
+	return _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), acc[2]);
+}
+
+/* Stride 1 keeps the output plane flat, as wide as the input: vector v
+ * holds outputs [16 v, 16 v + 16) whatever rows they span, and tap (ky, kx)
+ * is the input shifted by (ky - 1) w + kx - 1 under a mask that drops the
+ * padding.  Otherwise (stride 2, or planes of more than DW3_VECS_MAX
+ * vectors) a plane runs by rows of chunks of sixteen outputs, the masks of
+ * a chunk's loads the same in every row.  Either table is made once a call,
+ * the same for every plane. */
+struct dw3_masks {
+	int64_t vecs;                        /* flat: vectors a plane; 0: rows */
+	__mmask16 tap[DW3_VECS_MAX][9];
+	/* rows: per chunk, the loads' masks (three at stride 1, two at
+	 * stride 2), then the lanes stored */
+	__mmask16 chunk[DW3_CHUNKS_MAX][4];
+};
+
+static int dw3_flat(const ds_conv2d_dims *d)
+{
+	return d->sh == 1 && (d->oh * d->ow + 15) / 16 <= DW3_VECS_MAX;
+}
+
+static void dw3_rows_make(const ds_conv2d_dims *d, struct dw3_masks *m)
+{
+	m->vecs = 0;
+	for (int64_t ox0 = 0, k = 0; ox0 < d->ow; ox0 += 16, k++) {
+		for (int j = 0; j < 3; j++)
+			m->chunk[k][j] = d->sh == 1 ? span(ox0 - 1 + j, d->w) : j < 2 ? span(2 * ox0 + 16 * j, d->w) : 0;
+		m->chunk[k][3] = span(ox0, d->ow);
+	}
+}
+
+/* Sixteen positions at a time: their column steps by 16 and wraps, so
+ * there is no division (a table a call of 10^4 positions is a few
+ * microseconds, which a layer of three channels notices). */
+static __attribute__((target("avx512f"))) void dw3_flat_make(const ds_conv2d_dims *d, struct dw3_masks *m)
+{
+	const int64_t w = d->w, n = d->h * w;
+	const __m512i vw = _mm512_set1_epi32((int)w), step = _mm512_set1_epi32(16);
+	__m512i q = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), ox = q;
+	__mmask16 wrap;
+
+	while ((wrap = _mm512_cmpge_epi32_mask(ox, vw)))
+		ox = _mm512_mask_sub_epi32(ox, wrap, ox, vw);
+	m->vecs = (n + 15) / 16;
+	for (int64_t v = 0; v < m->vecs; v++) {
+		__mmask16 in = _mm512_cmplt_epi32_mask(q, _mm512_set1_epi32((int)n));
+		__mmask16 rows[3] = { _mm512_cmpge_epi32_mask(q, vw) & in, in,
+				      _mm512_cmplt_epi32_mask(q, _mm512_set1_epi32((int)(n - w))) & in };
+		__mmask16 cols[3] = { _mm512_cmpgt_epi32_mask(ox, _mm512_setzero_si512()), 0xffff,
+				      _mm512_cmplt_epi32_mask(ox, _mm512_set1_epi32((int)(w - 1))) };
+
+		for (int t = 0; t < 9; t++)
+			m->tap[v][t] = rows[t / 3] & cols[t % 3];
+		q = _mm512_add_epi32(q, step);
+		ox = _mm512_add_epi32(ox, step);
+		while ((wrap = _mm512_cmpge_epi32_mask(ox, vw)))
+			ox = _mm512_mask_sub_epi32(ox, wrap, ox, vw);
+	}
+}
+
+static void dw3_masks_make(const ds_conv2d_dims *d, struct dw3_masks *m)
+{
+	if (dw3_flat(d))
+		dw3_flat_make(d, m);
+	else
+		dw3_rows_make(d, m);
+}
+
+static inline __attribute__((always_inline, target("avx512f"))) __m512
+dw3_flat_vec(const float *x, int64_t w, const __m512 *wt, const __mmask16 *mask, int64_t q0)
+{
+	/* A sum per filter row, added at the end: three short chains of
+	 * FMAs rather than one of nine. */
+	__m512 acc[3];
+
+#pragma GCC unroll 3
+	for (int ky = 0; ky < 3; ky++) {
+		/* Only the masked lanes are read; the address may be before
+		 * the plane, so it is formed as an integer. */
+		const uintptr_t row = (uintptr_t)x + (uintptr_t)((q0 + (ky - 1) * w - 1) * 4);
+
+		acc[ky] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask[3 * ky], (const void *)row), wt[3 * ky]);
+		acc[ky] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask[3 * ky + 1], (const void *)(row + 4)),
+					  wt[3 * ky + 1], acc[ky]);
+		acc[ky] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask[3 * ky + 2], (const void *)(row + 8)),
+					  wt[3 * ky + 2], acc[ky]);
+	}
+	return _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), acc[2]);
+}
+
+/* One plane: BODY with acc, at (the first output's offset) and keep (the
+ * lanes to store) for every vector of outputs. */
+#define DW3_PLANE(d, m, x, wt, BODY)                                                                               \
+	do {                                                                                                       \
+		if ((m)->vecs) {                                                                                   \
+			const int64_t n_ = (d)->oh * (d)->ow;                                                      \
+			for (int64_t v_ = 0; v_ < (m)->vecs; v_++) {                                               \
+				const int64_t at = 16 * v_;                                                        \
+				const __mmask16 keep = n_ - at >= 16 ? (__mmask16)0xffff                           \
+								     : (__mmask16)((1u << (n_ - at)) - 1);         \
+				__m512 acc = dw3_flat_vec(x, (d)->w, wt, (m)->tap[v_], at);                        \
+				BODY;                                                                              \
+			}                                                                                          \
+			break;                                                                                     \
+		}                                                                                                  \
+		for (int64_t oy = 0; oy < (d)->oh; oy++) {                                                         \
+			__m512 odd[3] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };       \
+			for (int64_t ox0 = 0, k_ = 0; ox0 < (d)->ow; ox0 += 16, k_++) {                            \
+				const __mmask16 keep = (m)->chunk[k_][3];                                          \
+				const int64_t at = oy * (d)->ow + ox0;                                             \
+				__m512 acc = (d)->sh == 1                                                          \
+						     ? dw3_chunk(x, (d)->h, (d)->w, 1, wt, oy, ox0, (m)->chunk[k_], odd) \
+						     : dw3_chunk(x, (d)->h, (d)->w, 2, wt, oy, ox0, (m)->chunk[k_], odd); \
+				BODY;                                                                              \
+			}                                                                                          \
+		}                                                                                                  \
+	} while (0)
+
+/* The float epilogue in conv.c's order: (sum + bias) + r, then the ReLU and
+ * its cap; no bias is -0.0f, which leaves every sum as it is. */
+static __attribute__((target("avx512f"), optimize("fp-contract=off"))) void
+dw3_plane_f32(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *x, const float *w9, float bias, const float *r, float *y)
+{
+	const __m512 vb = _mm512_set1_ps(bias), zero = _mm512_setzero_ps();
+	const __m512 hi = _mm512_set1_ps(d->cap > 0.0f ? d->cap : INFINITY);
+	__m512 wt[9];
+
+	for (int t = 0; t < 9; t++)
+		wt[t] = _mm512_set1_ps(w9[t]);
+	DW3_PLANE(d, m, x, wt, {
+		__m512 v = _mm512_add_ps(acc, vb);
+
+		if (r)
+			v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(keep, r + at));
+		if (d->relu)
+			v = _mm512_min_ps(_mm512_max_ps(v, zero), hi);
+		_mm512_mask_storeu_ps(y + at, keep, v);
+	});
+}
+
+/* The epilogue of quant.c's epi_vnni on exact sums: scale, bias, clamp,
+ * then the code. */
+static __attribute__((target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) void
+dw3_plane_q(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *xf, const float *w9, const ds_qout *e, int64_t c, void *y)
+{
+	const __m512 mult = _mm512_set1_ps(e->x_scale * e->w_scale[c]);
+	const __m512 bias = _mm512_set1_ps(e->bias ? e->bias[c] : 0.0f);
+	const __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
+	const __m512 vinv = _mm512_set1_ps(e->u8 ? 1.0f / e->y_scale : 0.0f);
+	const __m512 zp = _mm512_set1_ps((float)e->y_zero_point), zero = _mm512_setzero_ps();
+	const __m512 top = _mm512_set1_ps(255.0f);
+	__m512 wt[9];
+
+	for (int t = 0; t < 9; t++)
+		wt[t] = _mm512_set1_ps(w9[t]);
+	DW3_PLANE(d, m, xf, wt, {
+		__m512 v = _mm512_add_ps(_mm512_mul_ps(acc, mult), bias);
+
+		v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+		if (e->u8) {
+			v = _mm512_add_ps(_mm512_mul_ps(v, vinv), zp);
+			v = _mm512_min_ps(_mm512_max_ps(v, zero), top);
+			__m128i codes = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v));
+
+			/* Kept in a register: GCC would otherwise fold the narrow
+			 * into the store, and vpmovusdb to memory is slow on AMD. */
+			__asm__("" : "+x"(codes));
+			_mm_mask_storeu_epi8((uint8_t *)y + at, keep, codes);
+		} else {
+			_mm512_mask_storeu_ps((float *)y + at, keep, v);
+		}
+	});
+}
+
+/* A plane of codes as floats minus the zero point. */
+static __attribute__((target("avx512f,avx512bw,avx512vl"))) void dw3_codes(const uint8_t *x, int64_t n, int32_t zp,
+									  float *xf)
+{
+	const __m512i vzp = _mm512_set1_epi32(zp);
+
+	for (int64_t i = 0; i < n; i += 16) {
+		__mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+		__m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, x + i));
+
+		_mm512_mask_storeu_ps(xf + i, m, _mm512_cvtepi32_ps(_mm512_sub_epi32(v, vzp)));
+	}
+}
+#endif
+
+void ds_conv2d_dw3_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
+			   const float *r, float *y)
+{
+#ifdef HAVE_DW3_AVX512
+	const int64_t in = d->h * d->w, out = d->oh * d->ow;
+	struct dw3_masks masks, *m = &masks;
+
+	dw3_masks_make(d, m);
+#pragma omp parallel for schedule(static) num_threads(ds_kernel_threads())
+	for (int64_t ic = 0; ic < d->n * d->c; ic++) {
+		int64_t ch = ic % d->c;
+
+		dw3_plane_f32(d, m, x + ic * in, w + ch * 9, b ? b[ch] : -0.0f, r ? r + ic * out : NULL, y + ic * out);
+	}
+#else
+	(void)d;
+	(void)x;
+	(void)w;
+	(void)b;
+	(void)r;
+	(void)y;
+#endif
+}
+
+void ds_qconv2d_dw3_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e, void *y,
+			    void *ws)
+{
+#ifdef HAVE_DW3_AVX512
+	const int64_t in = d->h * d->w, out = d->oh * d->ow, group = dw3_group(d);
+	const int64_t slice = (group * in + 15) / 16 * 16, planes = d->n * d->c;
+	const size_t es = e->u8 ? 1 : sizeof(float);
+	struct dw3_masks masks, *m = &masks;
+
+	dw3_masks_make(d, m);
+#pragma omp parallel for schedule(static) num_threads(ds_kernel_threads())
+	for (int64_t g0 = 0; g0 < planes; g0 += group) {
+		int64_t g1 = planes - g0 < group ? planes : g0 + group;
+		float *xf = (float *)ws + ds_kernel_slice() * slice;
+
+		dw3_codes(x + g0 * in, (g1 - g0) * in, e->x_zero_point, xf);
+		for (int64_t ic = g0; ic < g1; ic++) {
+			int64_t ch = ic % d->c;
+			float w9[9];
+
+			for (int t = 0; t < 9; t++)
+				w9[t] = (float)w[ch * 9 + t];
+			dw3_plane_q(d, m, xf + (ic - g0) * in, w9, e, ch, (char *)y + (size_t)(ic * out) * es);
+		}
+	}
+#else
+	(void)d;
+	(void)x;
+	(void)w;
+	(void)e;
+	(void)y;
+	(void)ws;
+#endif
+}
