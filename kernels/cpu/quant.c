@@ -36,8 +36,14 @@
 #include <omp.h>
 #endif
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define DS_HAVE_VNNI_BUILD 1
+#endif
+#if defined(__linux__) && defined(DS_HAVE_VNNI_BUILD) && (__GNUC__ >= 11 || defined(__clang__))
+#include <sys/syscall.h>
+#include <unistd.h>
+#define DS_HAVE_AMX_BUILD 1
 #endif
 
 #define TILE_ROWS 6
@@ -235,12 +241,12 @@ static void tile_vnni_store(const int8_t *w, int64_t kp, const uint8_t *pan, con
 
 static int forced = -1;
 
-void ds_qgemm_force(int vnni)
+void ds_qgemm_force(int level)
 {
-	forced = vnni;
+	forced = level;
 }
 
-int ds_qgemm_vnni(void)
+static int vnni_cpu(void)
 {
 #ifdef DS_HAVE_VNNI_BUILD
 	static int has = -1;
@@ -251,7 +257,35 @@ int ds_qgemm_vnni(void)
 		      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
 		      __builtin_cpu_supports("avx512vnni");
 	}
-	return forced >= 0 ? forced && has : has;
+	return has;
+#else
+	return 0;
+#endif
+}
+
+int ds_qgemm_vnni(void)
+{
+	return forced >= 0 ? forced >= 1 && vnni_cpu() : vnni_cpu();
+}
+
+/* AMX needs the CPU's tiles (CPUID 7: AMX-TILE, AMX-INT8) and the kernel's
+ * leave to use their state (arch_prctl ARCH_REQ_XCOMP_PERM for
+ * XTILEDATA), asked once for the whole process. */
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+int ds_qgemm_amx(void)
+{
+#ifdef DS_HAVE_AMX_BUILD
+	static int has = -1;
+
+	if (has < 0) {
+		unsigned a, b, c, d;
+
+		has = vnni_cpu() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 25 & 1) &&
+		      syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+	}
+	return forced >= 0 ? forced >= 2 && has : has;
 #else
 	return 0;
 #endif
@@ -297,10 +331,11 @@ static void row_sums(const int8_t *w, int64_t rows, int64_t k, int32_t *wsum)
 }
 
 /* Filters [rows, cg, kh, kw] reordered to [rows, kh, kw, cg], the order of
- * channels-last columns; rows padded to TILE_ROWS with zeros. */
-static void pack_w_hwc(const int8_t *w, int64_t rows, int64_t cg, int64_t khw, int8_t *wp, int32_t *wsum)
+ * channels-last columns; rows padded to rp with zeros. */
+static void pack_w_hwc(const int8_t *w, int64_t rows, int64_t rp, int64_t cg, int64_t khw, int8_t *wp,
+		       int32_t *wsum)
 {
-	int64_t rp = (int64_t)up((size_t)rows, TILE_ROWS), k = cg * khw;
+	int64_t k = cg * khw;
 
 	memset(wp + rows * k, 0, (size_t)((rp - rows) * k));
 	/* Contiguous writes, reads along a row that is in L1. */
@@ -522,10 +557,15 @@ struct conv_layout {
 	int direct;
 	int64_t pw, plane, qn;
 	size_t koff_off, tmp_off;
+	/* The direct form on AMX tiles: filters in rows of 16 (rt), input
+	 * channels nc4 words of 4 a tile product. */
+	int amx;
+	int64_t rt, nc4;
 };
 
-/* vnni: the layout the VNNI micro-kernel uses, which may be a direct form. */
-static void conv_layout(const ds_conv2d_dims *d, int vnni, struct conv_layout *l)
+/* vnni: the layout the VNNI micro-kernel uses, which may be a direct form;
+ * amx: the direct form on AMX where it applies. */
+static void conv_layout(const ds_conv2d_dims *d, int vnni, int amx, struct conv_layout *l)
 {
 	int64_t ph, pw;
 
@@ -534,9 +574,15 @@ static void conv_layout(const ds_conv2d_dims *d, int vnni, struct conv_layout *l
 	l->k = l->cg * d->kh * d->kw;
 	l->hwc = l->cg % 4 == 0;
 	l->direct = !vnni || d->sh != 1 || d->sw != 1 ? 0 : l->hwc ? 1 : d->kw <= 4 ? 2 : 0;
+	l->amx = amx && l->direct == 1;
+	/* A tile product takes up to 16 words of channels of one tap: the
+	 * largest count that divides the group's words. */
+	for (l->nc4 = l->cg / 4 < 16 ? l->cg / 4 : 16; l->nc4 > 1 && l->cg / 4 % l->nc4; l->nc4--)
+		;
+	l->rt = l->amx ? 16 : TILE_ROWS;
 	/* The kx form gives each (c, ky) a word of 4 taps along the row. */
 	l->kp = l->direct == 2 ? l->cg * d->kh * 4 : (int64_t)up((size_t)l->k, 4);
-	l->rp = (int64_t)up((size_t)l->og, TILE_ROWS);
+	l->rp = (int64_t)up((size_t)l->og, (size_t)l->rt);
 	l->pp = (int64_t)up((size_t)(d->oh * d->ow), TILE_COLS);
 	l->threads = ds_kernel_threads();
 	l->wp_off = ALIGN;           /* after the struct wcache */
@@ -638,17 +684,61 @@ struct seg {
 	int64_t j, len, at;
 };
 
+/* The epilogue of one output channel o's 32 direct columns c0, c1: each
+ * run of sg stored with masked stores (the arithmetic of epi_vnni, lane
+ * by lane). */
+static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) void
+direct_row_out(__m512i c0, __m512i c1, const ds_qout *e, int32_t wsum, int64_t o, const struct seg *sg, int nseg,
+	       char *y)
+{
+	const __m512i corr = _mm512_set1_epi32(e->x_zero_point * wsum);
+	const __m512 mult = _mm512_set1_ps(e->x_scale * e->w_scale[o]);
+	const __m512 bias = _mm512_set1_ps(e->bias ? e->bias[o] : 0.0f);
+	const __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
+	__m512 v[2];
+	__m512i c[2] = { c0, c1 };
+
+	for (int h = 0; h < 2; h++) {
+		v[h] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c[h], corr)), mult), bias);
+		v[h] = _mm512_min_ps(_mm512_max_ps(v[h], lo), hi);
+	}
+	if (e->u8) {
+		const __m512 vinv = _mm512_set1_ps(1.0f / e->y_scale), zp = _mm512_set1_ps((float)e->y_zero_point);
+		const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
+		__m128i b[2];
+		__m256i all;
+
+		for (int h = 0; h < 2; h++) {
+			__m512 q = _mm512_add_ps(_mm512_mul_ps(v[h], vinv), zp);
+
+			q = _mm512_min_ps(_mm512_max_ps(q, zero), top);
+			b[h] = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(q));
+		}
+		all = _mm256_inserti128_si256(_mm256_castsi128_si256(b[0]), b[1], 1);
+		for (int s = 0; s < nseg; s++) {
+			__mmask32 m = (__mmask32)((((uint64_t)1 << sg[s].len) - 1) << sg[s].j);
+
+			_mm256_mask_storeu_epi8(y + sg[s].at - sg[s].j, m, all);
+		}
+	} else {
+		for (int s = 0; s < nseg; s++) {
+			uint32_t m = (uint32_t)((((uint64_t)1 << sg[s].len) - 1) << sg[s].j);
+			float *at = (float *)y + sg[s].at - sg[s].j;
+
+			_mm512_mask_storeu_ps(at, (__mmask16)(m & 0xffff), v[0]);
+			_mm512_mask_storeu_ps(at + 16, (__mmask16)(m >> 16), v[1]);
+		}
+	}
+}
+
 /* The direct convolution's tile: the 2 panels of k4 start at base +
- * koff[k4], 64 bytes apart; then the epilogue from the registers, each row stored as
- * masked stores of its runs (the arithmetic of epi_vnni, lane by lane). */
+ * koff[k4], 64 bytes apart; then the epilogue from the registers. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), optimize("fp-contract=off"))) static void
 direct_tile_out(const int8_t *w, int64_t kp, const uint8_t *base, const int32_t *koff, const ds_qout *e,
 		const int32_t *wsum, int64_t o0, int64_t rows, const struct seg *sg, int nseg, char *y, int64_t so)
 {
 	__m512i c[TILE_ROWS][2];
-	float inv = e->u8 ? 1.0f / e->y_scale : 0.0f;
-	__m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi), vinv = _mm512_set1_ps(inv);
-	__m512 zp = _mm512_set1_ps((float)e->y_zero_point), zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
+	size_t es = out_size(e);
 
 	for (int r = 0; r < TILE_ROWS; r++)
 		c[r][0] = c[r][1] = _mm512_setzero_si512();
@@ -669,45 +759,32 @@ direct_tile_out(const int8_t *w, int64_t kp, const uint8_t *base, const int32_t 
 	}
 #pragma GCC unroll 6
 	for (int r = 0; r < TILE_ROWS; r++) {
-		int64_t o = o0 + r;
-		__m512i corr;
-		__m512 mult, bias, v[2];
-
 		if (r >= rows)
 			break;
-		corr = _mm512_set1_epi32(e->x_zero_point * wsum[r]);
-		mult = _mm512_set1_ps(e->x_scale * e->w_scale[o]);
-		bias = _mm512_set1_ps(e->bias ? e->bias[o] : 0.0f);
-		for (int h = 0; h < 2; h++) {
-			v[h] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c[r][h], corr)), mult), bias);
-			v[h] = _mm512_min_ps(_mm512_max_ps(v[h], lo), hi);
-		}
-		if (e->u8) {
-			__m128i b[2];
-			__m256i all;
-
-			for (int h = 0; h < 2; h++) {
-				__m512 q = _mm512_add_ps(_mm512_mul_ps(v[h], vinv), zp);
-
-				q = _mm512_min_ps(_mm512_max_ps(q, zero), top);
-				b[h] = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(q));
-			}
-			all = _mm256_inserti128_si256(_mm256_castsi128_si256(b[0]), b[1], 1);
-			for (int s = 0; s < nseg; s++) {
-				__mmask32 m = (__mmask32)((((uint64_t)1 << sg[s].len) - 1) << sg[s].j);
-
-				_mm256_mask_storeu_epi8(y + r * so + sg[s].at - sg[s].j, m, all);
-			}
-		} else {
-			for (int s = 0; s < nseg; s++) {
-				uint32_t m = (uint32_t)((((uint64_t)1 << sg[s].len) - 1) << sg[s].j);
-				float *at = (float *)y + r * so + sg[s].at - sg[s].j;
-
-				_mm512_mask_storeu_ps(at, (__mmask16)(m & 0xffff), v[0]);
-				_mm512_mask_storeu_ps(at + 16, (__mmask16)(m >> 16), v[1]);
-			}
-		}
+		direct_row_out(c[r][0], c[r][1], e, wsum[r], o0 + r, sg, nseg, y + (size_t)(r * so) * es);
 	}
+}
+
+/* Runs of the columns [q0, q0 + TILE_COLS) of the direct form's flattened
+ * padded rows that lie in one output row; returns their count. */
+static int direct_segments(const ds_conv2d_dims *d, const struct conv_layout *l, int64_t q0, struct seg *sg)
+{
+	int nseg = 0;
+
+	for (int64_t j = 0; j < TILE_COLS;) {
+		int64_t q = q0 + j, oy = q / l->pw, ox = q % l->pw, len;
+
+		if (oy >= d->oh)
+			break;
+		if (ox >= d->ow) {
+			j += l->pw - ox;
+			continue;
+		}
+		len = d->ow - ox < TILE_COLS - j ? d->ow - ox : TILE_COLS - j;
+		sg[nseg++] = (struct seg){ .j = j, .len = len, .at = oy * d->ow + ox };
+		j += len;
+	}
+	return nseg;
 }
 
 /* All output channels of group g of one image by the direct form. */
@@ -720,24 +797,11 @@ static void conv_direct(const ds_conv2d_dims *d, const struct conv_layout *l, co
 
 	for (int64_t q0 = 0; q0 < l->qn; q0 += TILE_COLS) {
 		struct seg sg[TILE_COLS];
-		int nseg = 0;
+		int nseg;
 
 		if (q0 / l->pw >= d->oh)
 			break;
-		/* Runs of columns inside one output row. */
-		for (int64_t j = 0; j < TILE_COLS;) {
-			int64_t q = q0 + j, oy = q / l->pw, ox = q % l->pw, len;
-
-			if (oy >= d->oh)
-				break;
-			if (ox >= d->ow) {
-				j += l->pw - ox;
-				continue;
-			}
-			len = d->ow - ox < TILE_COLS - j ? d->ow - ox : TILE_COLS - j;
-			sg[nseg++] = (struct seg){ .j = j, .len = len, .at = oy * d->ow + ox };
-			j += len;
-		}
+		nseg = direct_segments(d, l, q0, sg);
 		for (int64_t r = r0; r < r1; r += TILE_ROWS) {
 			int64_t nr = r1 - r < TILE_ROWS ? r1 - r : TILE_ROWS;
 
@@ -745,6 +809,91 @@ static void conv_direct(const ds_conv2d_dims *d, const struct conv_layout *l, co
 					y + (size_t)(r * p_n) * es, p_n);
 		}
 	}
+}
+#endif
+
+#ifdef DS_HAVE_AMX_BUILD
+/* The direct form on AMX: a tile product C[16 filters][16 columns] +=
+ * A[16 filters][nc4 words of channels] . B[nc4 words][16 columns], signed
+ * filters by unsigned codes (TDPBSUD).  For one tap, the words of
+ * consecutive channel groups lie one plane apart in the packed input and
+ * the filter bytes of consecutive channels are contiguous in a row of the
+ * hwc order, so both operands load as tiles with a fixed stride.  C is 32
+ * filters by 32 columns in 4 tiles (A in 2, B in 2). */
+struct amx_config {
+	uint8_t palette, start_row;
+	uint8_t reserved[14];
+	uint16_t colsb[16];
+	uint8_t rows[16];
+};
+
+__attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) static void
+conv_direct_amx(const ds_conv2d_dims *d, const struct conv_layout *l, const int8_t *wp, const int32_t *wsum,
+		int64_t g, int64_t r0, int64_t r1, const uint8_t *t, const int32_t *koff, const ds_qout *e, char *y)
+{
+	const int64_t taps = d->kh * d->kw, chunks = l->cg / 4 / l->nc4, p_n = d->oh * d->ow;
+	const size_t es = out_size(e), bstride = (size_t)l->plane * 4;
+	struct amx_config cfg;
+	int32_t acc[32 * TILE_COLS];
+
+	memset(&cfg, 0, sizeof cfg);
+	cfg.palette = 1;
+	for (int i = 0; i < 4; i++) {
+		cfg.colsb[i] = 64;   /* C: 16 int32 columns */
+		cfg.rows[i] = 16;
+	}
+	for (int i = 4; i < 6; i++) {
+		cfg.colsb[i] = (uint16_t)(4 * l->nc4);   /* A: 16 filters, nc4 words */
+		cfg.rows[i] = 16;
+	}
+	for (int i = 6; i < 8; i++) {
+		cfg.colsb[i] = 64;   /* B: nc4 words of 16 columns */
+		cfg.rows[i] = (uint8_t)l->nc4;
+	}
+	_tile_loadconfig(&cfg);
+	for (int64_t q0 = 0; q0 < l->qn; q0 += TILE_COLS) {
+		struct seg sg[TILE_COLS];
+		int nseg;
+
+		if (q0 / l->pw >= d->oh)
+			break;
+		nseg = direct_segments(d, l, q0, sg);
+		for (int64_t r = r0; r < r1; r += 32) {
+			const int two = r1 - r > 16;
+			const int8_t *wr = wp + r * l->kp;
+			const uint8_t *base = t + q0 * 4;
+
+			_tile_zero(0);
+			_tile_zero(1);
+			_tile_zero(2);
+			_tile_zero(3);
+			for (int64_t tap = 0; tap < taps; tap++)
+				for (int64_t ch = 0; ch < chunks; ch++) {
+					const int64_t k4 = tap * (l->cg / 4) + ch * l->nc4;
+					const uint8_t *b = base + koff[k4];
+
+					_tile_loadd(4, wr + k4 * 4, l->kp);
+					_tile_loadd(6, b, bstride);
+					_tile_loadd(7, b + 64, bstride);
+					_tile_dpbsud(0, 4, 6);
+					_tile_dpbsud(1, 4, 7);
+					if (two) {
+						_tile_loadd(5, wr + 16 * l->kp + k4 * 4, l->kp);
+						_tile_dpbsud(2, 5, 6);
+						_tile_dpbsud(3, 5, 7);
+					}
+				}
+			_tile_stored(0, acc, TILE_COLS * 4);
+			_tile_stored(1, acc + 16, TILE_COLS * 4);
+			_tile_stored(2, acc + 16 * TILE_COLS, TILE_COLS * 4);
+			_tile_stored(3, acc + 16 * TILE_COLS + 16, TILE_COLS * 4);
+			for (int64_t i = 0; i < 32 && r + i < r1; i++)
+				direct_row_out(_mm512_loadu_si512(acc + i * TILE_COLS),
+					       _mm512_loadu_si512(acc + i * TILE_COLS + 16), e, wsum[r + i],
+					       g * l->og + r + i, sg, nseg, y + (size_t)((r + i) * p_n) * es);
+		}
+	}
+	_tile_release();
 }
 #endif
 
@@ -766,22 +915,37 @@ struct wcache {
 _Static_assert(sizeof(struct wcache) <= ALIGN, "struct wcache fits in front of the packed filters");
 
 #ifdef DS_HAVE_VNNI_BUILD
-/* 8 lanes of h = (h ^ h >> 29) * odd + word, then folded. */
+/* Four chains of 8 lanes, each h += (word ^ key) low 32 bits times its
+ * high 32 bits, + word: one vpmuludq per 64 bytes and no long dependency
+ * (the multiply-xorshift chain this replaces ran at 4 bytes a cycle, as
+ * long as an AMX layer's products).  Any change of a word moves its lane
+ * by the change itself unless the product moves by exactly the opposite.
+ * The lanes are folded through a multiply-xorshift at the end. */
 __attribute__((target("avx512f,avx512bw,avx512dq"))) static uint64_t fingerprint(const void *p, size_t n)
 {
 	const char *b = p;
-	__m512i h = _mm512_set1_epi64((long long)0x9e3779b97f4a7c15ULL);
-	__m512i m = _mm512_set1_epi64((long long)0xff51afd7ed558ccdULL);
+	const __m512i key = _mm512_set_epi64(0x9e3779b97f4a7c15LL, 0xc2b2ae3d27d4eb4fLL, 0x165667b19e3779f9LL,
+					     0x27d4eb2f165667c5LL, 0x85ebca77c2b2ae63LL, 0x94d049bb133111ebLL,
+					     0xbf58476d1ce4e5b9LL, 0xff51afd7ed558ccdLL);
+	__m512i h[4] = { key, _mm512_srli_epi64(key, 7), _mm512_slli_epi64(key, 3), _mm512_srli_epi64(key, 13) };
 	uint64_t lanes[8], r = n;
 	size_t i = 0;
 
-	for (; i + 64 <= n; i += 64)
-		h = _mm512_add_epi64(_mm512_mullo_epi64(_mm512_xor_si512(h, _mm512_srli_epi64(h, 29)), m),
-				     _mm512_loadu_si512(b + i));
-	if (i < n)
-		h = _mm512_add_epi64(_mm512_mullo_epi64(_mm512_xor_si512(h, _mm512_srli_epi64(h, 29)), m),
-				     _mm512_maskz_loadu_epi8(((__mmask64)1 << (n - i)) - 1, b + i));
-	_mm512_storeu_si512(lanes, h);
+	for (; i + 256 <= n; i += 256)
+		for (int j = 0; j < 4; j++) {
+			__m512i wd = _mm512_loadu_si512(b + i + 64 * j), x = _mm512_xor_si512(wd, key);
+
+			h[j] = _mm512_add_epi64(h[j], _mm512_add_epi64(_mm512_mul_epu32(x, _mm512_srli_epi64(x, 32)), wd));
+		}
+	for (int j = 0; i < n; i += 64, j = (j + 1) % 4) {
+		__m512i wd = n - i >= 64 ? _mm512_loadu_si512(b + i)
+					 : _mm512_maskz_loadu_epi8(((__mmask64)1 << (n - i)) - 1, b + i);
+		__m512i x = _mm512_xor_si512(wd, key);
+
+		h[j] = _mm512_add_epi64(h[j], _mm512_add_epi64(_mm512_mul_epu32(x, _mm512_srli_epi64(x, 32)), wd));
+	}
+	_mm512_storeu_si512(lanes, _mm512_xor_si512(_mm512_add_epi64(h[0], _mm512_slli_epi64(h[1], 1)),
+						   _mm512_add_epi64(h[2], _mm512_srli_epi64(h[3], 1))));
 	for (int j = 0; j < 8; j++)
 		r = (r ^ lanes[j] ^ (r >> 31)) * 0xc4ceb9fe1a85ec53ULL;
 	return r;
@@ -808,7 +972,7 @@ static int wcache_hit(const void *ws, const struct conv_layout *l, const ds_conv
 	if (!ds_qgemm_vnni())
 		return 0;
 	memcpy(&c, ws, sizeof c);
-	if (c.w != w || c.kp != l->kp || c.rp != l->rp || c.groups != d->groups || c.direct != l->direct)
+	if (c.w != w || c.kp != l->kp || c.rp != l->rp || c.groups != d->groups || c.direct != (l->direct | l->amx << 4))
 		return 0;
 #ifdef DS_HAVE_VNNI_BUILD
 	if (c.wfp != fingerprint(w, (size_t)(d->o * l->k)))
@@ -819,7 +983,7 @@ static int wcache_hit(const void *ws, const struct conv_layout *l, const ds_conv
 
 static void wcache_store(void *ws, const struct conv_layout *l, const ds_conv2d_dims *d, const int8_t *w)
 {
-	struct wcache c = { .w = w, .kp = l->kp, .rp = l->rp, .groups = d->groups, .direct = l->direct };
+	struct wcache c = { .w = w, .kp = l->kp, .rp = l->rp, .groups = d->groups, .direct = l->direct | l->amx << 4 };
 
 	if (!ds_qgemm_vnni()) {
 		c.w = NULL;
@@ -865,12 +1029,14 @@ size_t ds_qconv2d_workspace(const ds_conv2d_dims *d)
 		return ds_qconv2d_dw3_workspace(d);
 	if (is_depthwise(d))
 		return dw_form(d, &dl) ? dl.slice * (size_t)ds_kernel_threads() : 0;
-	/* Room for either micro-kernel's layout (ds_qgemm_force may switch). */
-	conv_layout(d, 0, &a);
-	conv_layout(d, 1, &b);
-	return a.slice_off + a.slice * (size_t)a.threads > b.slice_off + b.slice * (size_t)b.threads
-		       ? a.slice_off + a.slice * (size_t)a.threads
-		       : b.slice_off + b.slice * (size_t)b.threads;
+	/* Room for any micro-kernel's layout (ds_qgemm_force may switch). */
+	conv_layout(d, 0, 0, &a);
+	for (int amx = 0; amx < 2; amx++) {
+		conv_layout(d, 1, amx, &b);
+		if (b.slice_off + b.slice * (size_t)b.threads > a.slice_off + a.slice * (size_t)a.threads)
+			a = b;
+	}
+	return a.slice_off + a.slice * (size_t)a.threads;
 }
 
 /* Depthwise filters are 9 or 25 taps: direct loops beat any packing. */
@@ -1057,7 +1223,7 @@ void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t 
 		depthwise(d, x, w, e, y);
 		return;
 	}
-	conv_layout(d, tile != tile_portable, &l);
+	conv_layout(d, tile != tile_portable, ds_qgemm_amx(), &l);
 	wp = (int8_t *)ws + l.wp_off;
 	wsum = (int32_t *)((char *)ws + l.wsum_off);
 	if (wcache_hit(ws, &l, d, w))
@@ -1066,7 +1232,7 @@ void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t 
 		if (l.direct == 2)
 			pack_w_kx(w + g * l.og * l.k, l.og, l.cg * d->kh, d->kw, wp + g * l.rp * l.kp, wsum + g * l.og);
 		else if (l.hwc)
-			pack_w_hwc(w + g * l.og * l.k, l.og, l.cg, d->kh * d->kw, wp + g * l.rp * l.kp, wsum + g * l.og);
+			pack_w_hwc(w + g * l.og * l.k, l.og, l.rp, l.cg, d->kh * d->kw, wp + g * l.rp * l.kp, wsum + g * l.og);
 		else
 			pack_w(w + g * l.og * l.k, l.og, l.k, l.kp, wp + g * l.rp * l.kp, wsum + g * l.og);
 	}
@@ -1074,13 +1240,13 @@ void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t 
 packed:
 	/* Fewer images and groups than threads (a batch of 1): the output
 	 * channels are shared out too, each part packing its own input. */
-	rtiles = l.rp / TILE_ROWS;
+	rtiles = l.rp / l.rt;
 	parts = d->n * d->groups < l.threads ? (l.threads < rtiles ? l.threads : rtiles) : 1;
 #pragma omp parallel for schedule(static) num_threads(l.threads) if (d->n * d->o * p_n * l.k >= (1 << 18))
 	for (int64_t item = 0; item < d->n * d->groups * parts; item++) {
 		int t = 0;
 		int64_t ng = item / parts, part = item % parts, n = ng / d->groups, g = ng % d->groups;
-		int64_t r0 = rtiles * part / parts * TILE_ROWS, r1 = rtiles * (part + 1) / parts * TILE_ROWS;
+		int64_t r0 = rtiles * part / parts * l.rt, r1 = rtiles * (part + 1) / parts * l.rt;
 		uint8_t *u;
 
 #ifdef _OPENMP
@@ -1091,6 +1257,14 @@ packed:
 		if (l.direct) {
 			pack_direct(d, &l, x + n * d->c * d->h * d->w, g * l.cg, (uint8_t)e->x_zero_point, u,
 				    (int32_t *)(u + l.koff_off));
+#ifdef DS_HAVE_AMX_BUILD
+			if (l.amx) {
+				conv_direct_amx(d, &l, wp + g * l.rp * l.kp, wsum + g * l.og, g, r0,
+						r1 < l.og ? r1 : l.og, u, (int32_t *)(u + l.koff_off), e,
+						(char *)y + (size_t)((n * d->o + g * l.og) * p_n) * es);
+				continue;
+			}
+#endif
 			conv_direct(d, &l, wp + g * l.rp * l.kp, wsum + g * l.og, g, r0, r1 < l.og ? r1 : l.og, u,
 				    (int32_t *)(u + l.koff_off), e, (char *)y + (size_t)((n * d->o + g * l.og) * p_n) * es);
 			continue;

@@ -64,11 +64,14 @@ void ds_dequantize_u8(int64_t n, const uint8_t *x, float scale, int32_t zero_poi
 /* Smallest and largest finite value (0, 0 when there is none). */
 void ds_minmax_f32(int64_t n, const float *x, float *lo, float *hi);
 
-/* The micro-kernel the packed kernels use: 1 for VNNI.  ds_qgemm_force
- * picks one for tests and timing (-1: back to the CPU's choice); forcing
- * VNNI on a CPU without it is ignored. */
+/* The micro-kernels the packed kernels use: ds_qgemm_vnni is 1 for VNNI,
+ * ds_qgemm_amx 1 when stride-1 convolutions run on AMX tiles (AMX-INT8,
+ * with the kernel's leave to use it).  ds_qgemm_force picks a level for
+ * tests and timing: 0 portable, 1 VNNI without AMX, 2 AMX where the CPU
+ * has it, -1 back to the CPU's best; a level the CPU lacks is ignored. */
 int ds_qgemm_vnni(void);
-void ds_qgemm_force(int vnni);
+int ds_qgemm_amx(void);
+void ds_qgemm_force(int level);
 
 /* conv2d over NCHW U8 input, I8 filters [o, c/groups, kh, kw] (d->relu is
  * ignored: e clamps); y is U8 or F32 NCHW as e says.  The workspace also

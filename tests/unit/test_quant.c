@@ -135,7 +135,8 @@ static void test_conv(const struct qcase *q)
 	float *ws_scale, *bias, *yf;
 	void *ref, *fast, *ws;
 	ds_qout e = { 0 };
-	int vnni = ds_qgemm_vnni();
+	int levels = 1 + ds_qgemm_vnni() + ds_qgemm_amx();
+	static const char *const level_name[] = { "portable", "vnni", "amx" };
 
 	d.oh = (d.h + 2 * d.ph - d.dh * (d.kh - 1) - 1) / d.sh + 1;
 	d.ow = (d.w + 2 * d.pw - d.dw * (d.kw - 1) - 1) / d.sw + 1;
@@ -168,13 +169,13 @@ static void test_conv(const struct qcase *q)
 	e.y_zero_point = q->act ? 0 : 128;
 	ds_qconv2d_forward_ref(&d, x, w, &e, ref);
 	float_conv(&d, x, w, &e, yf);
-	for (int pass = 0; pass < 1 + vnni; pass++) {
+	for (int pass = 0; pass < levels; pass++) {
 		ds_qgemm_force(pass);
 		memset(fast, 0xab, (size_t)ny * sizeof(float));
 		ds_qconv2d_forward(&d, x, w, &e, fast, ws);
 		ok(!memcmp(ref, fast, (size_t)ny * (q->u8 ? 1 : sizeof(float))),
 		   "qconv2d %s n%lld c%lld %lldx%lld o%lld k%lld s%lld p%lld g%lld act%d %s equals the reference",
-		   pass ? "vnni" : "portable", (long long)d.n, (long long)d.c, (long long)d.h, (long long)d.w,
+		   level_name[pass], (long long)d.n, (long long)d.c, (long long)d.h, (long long)d.w,
 		   (long long)d.o, (long long)d.kh, (long long)d.sh, (long long)d.ph, (long long)d.groups, q->act,
 		   q->u8 ? "u8" : "f32");
 	}
@@ -512,6 +513,15 @@ int main(void)
 		{ 2, 4, 37, 71, 4, 3, 2, 1, 4, 1, 1, 1 },
 		{ 2, 5, 14, 14, 5, 3, 2, 1, 5, 0, 0, 1 },
 		{ 1, 3, 1, 1, 3, 3, 2, 1, 3, 1, 1, 1 },
+		/* the direct form on AMX tiles: words of channels a tile
+		 * product (6, 12, 16 twice), filters past 32 and not in rows of
+		 * 16, a batch of 1 split by filters, groups */
+		{ 1, 24, 14, 14, 96, 1, 1, 0, 1, 2, 1, 1 },
+		{ 2, 96, 7, 7, 40, 1, 1, 0, 1, 0, 0, 1 },
+		{ 1, 128, 5, 6, 70, 3, 1, 1, 1, 1, 1, 1 },
+		{ 2, 64, 7, 7, 64, 3, 1, 1, 1, 1, 1, 1 },
+		{ 1, 16, 28, 28, 16, 3, 1, 1, 1, 1, 1, 1 },
+		{ 2, 24, 9, 9, 12, 3, 1, 1, 2, 1, 1, 1 },
 		/* the kx form: stride 1, kw <= 4, channels not in words of 4 */
 		{ 2, 3, 10, 9, 5, 4, 1, 1, 1, 0, 0, 1 },
 		{ 1, 2, 12, 12, 7, 3, 1, 2, 1, 1, 1, 2 },   /* dilated */
@@ -519,7 +529,7 @@ int main(void)
 		{ 1, 5, 7, 33, 3, 2, 1, 0, 1, 1, 1, 1 },
 	};
 
-	diag("micro-kernel: %s", ds_qgemm_vnni() ? "AVX-512 VNNI" : "portable");
+	diag("micro-kernel: %s", ds_qgemm_amx() ? "AMX and AVX-512 VNNI" : ds_qgemm_vnni() ? "AVX-512 VNNI" : "portable");
 	test_conversion();
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
 		test_conv(&cases[i]);
