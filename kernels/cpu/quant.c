@@ -557,8 +557,9 @@ struct conv_layout {
 	int direct;
 	int64_t pw, plane, qn;
 	size_t koff_off, tmp_off;
-	/* The direct form on AMX tiles: filters in rows of 16 (rt), input
-	 * channels nc4 words of 4 a tile product. */
+	/* AMX tiles (the direct form, or im2col panels): filters in rows of
+	 * 16 (rt); in the direct form, input channels nc4 words of 4 a tile
+	 * product. */
 	int amx;
 	int64_t rt, nc4;
 };
@@ -574,7 +575,7 @@ static void conv_layout(const ds_conv2d_dims *d, int vnni, int amx, struct conv_
 	l->k = l->cg * d->kh * d->kw;
 	l->hwc = l->cg % 4 == 0;
 	l->direct = !vnni || d->sh != 1 || d->sw != 1 ? 0 : l->hwc ? 1 : d->kw <= 4 ? 2 : 0;
-	l->amx = amx && l->direct == 1;
+	l->amx = amx && l->direct != 2;
 	/* A tile product takes up to 16 words of channels of one tap: the
 	 * largest count that divides the group's words. */
 	for (l->nc4 = l->cg / 4 < 16 ? l->cg / 4 : 16; l->nc4 > 1 && l->cg / 4 % l->nc4; l->nc4--)
@@ -891,6 +892,72 @@ conv_direct_amx(const ds_conv2d_dims *d, const struct conv_layout *l, const int8
 				direct_row_out(_mm512_loadu_si512(acc + i * TILE_COLS),
 					       _mm512_loadu_si512(acc + i * TILE_COLS + 16), e, wsum[r + i],
 					       g * l->og + r + i, sg, nseg, y + (size_t)((r + i) * p_n) * es);
+		}
+	}
+	_tile_release();
+}
+
+/* C = W U on AMX for im2col panels (each panel [kp / 4][16][4], so that 16
+ * words of k are one B tile 64 bytes a row): rows of 16 filters by blocks
+ * of 32 columns, k in steps of 64 bytes and one step of the rest, each
+ * step's A in its own tile so the configuration holds for the whole call;
+ * then epi_vnni.  w has rows up to a multiple of 16 (zero past rows). */
+__attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl"))) static void
+gemm_amx(const ds_qout *e, const int8_t *w, const int32_t *wsum, int64_t o0, int64_t rows, int64_t kp,
+	 const uint8_t *u, int64_t cols, char *y, int64_t so)
+{
+	const int64_t kfull = kp / 64 * 64, rem = kp - kfull;
+	const size_t es = out_size(e);
+	struct amx_config cfg;
+	int32_t acc[16 * TILE_COLS];
+
+	memset(&cfg, 0, sizeof cfg);
+	cfg.palette = 1;
+	for (int i = 0; i < 2; i++) {
+		cfg.colsb[i] = 64;   /* C */
+		cfg.rows[i] = 16;
+	}
+	cfg.colsb[4] = 64;           /* A, a full step */
+	cfg.rows[4] = 16;
+	for (int i = 6; i < 8; i++) {
+		cfg.colsb[i] = 64;   /* B, a full step */
+		cfg.rows[i] = 16;
+	}
+	if (rem) {
+		cfg.colsb[5] = (uint16_t)rem;   /* A, the rest */
+		cfg.rows[5] = 16;
+		for (int i = 2; i < 4; i++) {
+			cfg.colsb[i] = 64;      /* B, the rest */
+			cfg.rows[i] = (uint8_t)(rem / 4);
+		}
+	}
+	_tile_loadconfig(&cfg);
+	for (int64_t p = 0; p < cols; p += TILE_COLS) {
+		const uint8_t *p0 = u + (size_t)(p * kp), *p1 = p0 + (size_t)(16 * kp);
+
+		for (int64_t r = 0; r < rows; r += 16) {
+			const int8_t *wr = w + r * kp;
+
+			_tile_zero(0);
+			_tile_zero(1);
+			for (int64_t k = 0; k < kfull; k += 64) {
+				_tile_loadd(4, wr + k, kp);
+				_tile_loadd(6, p0 + k * 16, 64);
+				_tile_loadd(7, p1 + k * 16, 64);
+				_tile_dpbsud(0, 4, 6);
+				_tile_dpbsud(1, 4, 7);
+			}
+			if (rem) {
+				_tile_loadd(5, wr + kfull, kp);
+				_tile_loadd(2, p0 + kfull * 16, 64);
+				_tile_loadd(3, p1 + kfull * 16, 64);
+				_tile_dpbsud(0, 5, 2);
+				_tile_dpbsud(1, 5, 3);
+			}
+			_tile_stored(0, acc, TILE_COLS * 4);
+			_tile_stored(1, acc + 16, TILE_COLS * 4);
+			epi_vnni(acc, e, wsum + r, o0 + r, rows - r < 16 ? rows - r : 16,
+				 cols - p < TILE_COLS ? cols - p : TILE_COLS, y + (size_t)(r * so + p) * es, so);
 		}
 	}
 	_tile_release();
@@ -1274,6 +1341,13 @@ packed:
 		pack_im2col_padded(d, x + n * d->c * d->h * d->w, g * l.cg, l.cg, l.kp, l.pp, (uint8_t)e->x_zero_point,
 				   l.hwc, u + l.pad_off, (int32_t *)(u + l.off_off),
 				   l.hwc && tile != tile_portable ? u + l.tmp_off : NULL, u);
+#ifdef DS_HAVE_AMX_BUILD
+		if (l.amx) {
+			gemm_amx(e, wp + (g * l.rp + r0) * l.kp, wsum + g * l.og + r0, g * l.og + r0, r1 - r0, l.kp, u, p_n,
+				 (char *)y + (size_t)((n * d->o + g * l.og + r0) * p_n) * es, p_n);
+			continue;
+		}
+#endif
 		gemm_packed(tile, e, wp + (g * l.rp + r0) * l.kp, NULL, l.rp - r0, wsum + g * l.og + r0, g * l.og + r0,
 			    r1 - r0, l.kp, u, p_n, (char *)y + (size_t)((n * d->o + g * l.og + r0) * p_n) * es, p_n, 1);
 	}
