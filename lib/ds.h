@@ -331,6 +331,11 @@ typedef struct ds_op {
 	size_t (*saved)(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out);
 	unsigned backward_needs;      /* DS_NEEDS_IN / DS_NEEDS_OUT bits */
 	unsigned no_grad;             /* inputs that never take a gradient (ids, labels): bit i */
+	/* 1: the forward keeps state in its workspace from one call to the
+	 * next (packed filters, checked before reuse), so a plan gives the
+	 * node a workspace of its own for the plan's life rather than one
+	 * other nodes write over. */
+	unsigned keeps_workspace;
 } ds_op;
 
 const ds_op *ds_op_find(const char *name);

@@ -645,8 +645,14 @@ static void intervals(ds_plan *p)
 			p->bufs[nd->saved_buf].start = (int64_t)k;
 			p->bufs[nd->saved_buf].end = nd->active ? bstep(p, k) : (int64_t)k;
 		}
-		if (nd->fws_buf != NONE)
+		if (nd->fws_buf != NONE) {
 			p->bufs[nd->fws_buf].start = p->bufs[nd->fws_buf].end = (int64_t)k;
+			if (nd->op->keeps_workspace) {
+				/* Every step, forward and backward: shared with no one. */
+				p->bufs[nd->fws_buf].start = 0;
+				p->bufs[nd->fws_buf].end = 2 * (int64_t)p->n_nodes + 1;
+			}
+		}
 		if (nd->bws_buf != NONE)
 			p->bufs[nd->bws_buf].start = p->bufs[nd->bws_buf].end = bstep(p, k);
 	}

@@ -549,7 +549,7 @@ const ds_op ds_ops_quant[] = {
 	  .infer = dequantize_infer, .flops = per_element_flops, CPU_FORWARD(dequantize_forward_cpu) },
 	{ .name = "qconv2d", .min_inputs = 3, .max_inputs = 4, .num_outputs = 1, .attrs = qconv2d_attrs,
 	  .infer = qconv2d_infer, .flops = qconv2d_flops, CPU_FORWARD(qconv2d_forward_cpu),
-	  .workspace = qconv2d_workspace },
+	  .workspace = qconv2d_workspace, .keeps_workspace = 1 },
 	{ .name = "qlinear", .min_inputs = 3, .max_inputs = 4, .num_outputs = 1, .attrs = qlinear_attrs,
 	  .infer = qlinear_infer, .flops = qlinear_flops, CPU_FORWARD(qlinear_forward_cpu),
 	  .workspace = qlinear_workspace },
