@@ -257,7 +257,8 @@ dw3_flat_vec(const float *x, int64_t w, const __m512 *wt, const __mmask16 *mask,
 /* The float epilogue in conv.c's order: (sum + bias) + r, then the ReLU and
  * its cap; no bias is -0.0f, which leaves every sum as it is. */
 static __attribute__((target("avx512f"), optimize("fp-contract=off"))) void
-dw3_plane_f32(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *x, const float *w9, float bias, const float *r, float *y)
+dw3_plane_f32(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *x, const float *w9, float bias,
+	      const float *r, float *y)
 {
 	const __m512 vb = _mm512_set1_ps(bias), zero = _mm512_setzero_ps();
 	const __m512 hi = _mm512_set1_ps(d->cap > 0.0f ? d->cap : INFINITY);
@@ -279,7 +280,8 @@ dw3_plane_f32(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *x
 /* The epilogue of quant.c's epi_vnni on exact sums: scale, bias, clamp,
  * then the code. */
 static __attribute__((target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) void
-dw3_plane_q(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *xf, const float *w9, const ds_qout *e, int64_t c, void *y)
+dw3_plane_q(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *xf, const float *w9, const ds_qout *e,
+	    int64_t c, void *y)
 {
 	const __m512 mult = _mm512_set1_ps(e->x_scale * e->w_scale[c]);
 	const __m512 bias = _mm512_set1_ps(e->bias ? e->bias[c] : 0.0f);
