@@ -461,18 +461,17 @@ static void pack_im2col_padded(const ds_conv2d_dims *d, const uint8_t *x, int64_
 			}
 		}
 	}
-	for (int64_t kk = 0; kk < kp; kk++) {
-		int64_t c, t;
+	/* Stepped through (c, ky, kx) or (ky, kx, c), not divided. */
+	for (int64_t kk = k; kk < kp; kk++)
+		off[kk] = 0;
+	for (int64_t c = 0; c < cg; c++)
+		for (int64_t ky = 0; ky < d->kh; ky++)
+			for (int64_t kx = 0; kx < d->kw; kx++) {
+				int64_t t = ky * d->kw + kx, kk = hwc ? t * cg + c : c * d->kh * d->kw + t;
 
-		if (kk >= k) {
-			off[kk] = 0;
-			continue;
-		}
-		c = hwc ? kk % cg : kk / (d->kh * d->kw);
-		t = hwc ? kk / cg : kk % (d->kh * d->kw);
-		off[kk] = (int32_t)(hwc ? ((t / d->kw * d->dh) * PW + t % d->kw * d->dw) * cg + c
-				       : (c * PH + t / d->kw * d->dh) * PW + t % d->kw * d->dw);
-	}
+				off[kk] = (int32_t)(hwc ? (ky * d->dh * PW + kx * d->dw) * cg + c
+						       : (c * PH + ky * d->dh) * PW + kx * d->dw);
+			}
 #ifdef DS_HAVE_VNNI_BUILD
 	if (hwc && tmp) {
 		panels_hwc_gather(d, PW, cg, kp, pp, pad, off, u);
@@ -713,12 +712,12 @@ static void pack_direct(const ds_conv2d_dims *d, const struct conv_layout *l, co
 		pack_direct_kx(d, l, x, c0, zp, t, koff);
 		return;
 	}
-	/* k4 = tap * cg / 4 + c4, the order of pack_w_hwc. */
-	for (int64_t k4 = 0; k4 < l->kp / 4; k4++) {
-		int64_t tap = k4 / (l->cg / 4), c4 = k4 % (l->cg / 4);
-
-		koff[k4] = (int32_t)((c4 * l->plane + tap / d->kw * d->dh * pw + tap % d->kw * d->dw) * 4);
-	}
+	/* k4 = tap * cg / 4 + c4, the order of pack_w_hwc; stepped, not
+	 * divided: two divisions a word were a seventh of resnet-s INT8. */
+	for (int64_t ky = 0, k4 = 0; ky < d->kh; ky++)
+		for (int64_t kx = 0; kx < d->kw; kx++)
+			for (int64_t c4 = 0; c4 < l->cg / 4 && k4 < l->kp / 4; c4++, k4++)
+				koff[k4] = (int32_t)((c4 * l->plane + ky * d->dh * pw + kx * d->dw) * 4);
 }
 
 /* A run of the columns of a direct tile that lie in one output row: lanes
