@@ -152,9 +152,10 @@ size_t ds_conv2d_workspace(const ds_conv2d_dims *d)
 			return (size_t)max64((int64_t)ds_conv2d_workspace_chunk(d, ds_conv2d_chunk(d)),
 					     (int64_t)ds_conv2d_lanes_workspace(d));
 		if (direct_fits(d))
-			return (size_t)max64(max64((int64_t)ds_conv2d_workspace_chunk(d, ds_conv2d_chunk(d)),
-						   ds_kernel_threads() * direct_slice(d)),
-					     (int64_t)grad_input_workspace(d));
+			return (size_t)max64(max64(max64((int64_t)ds_conv2d_workspace_chunk(d, ds_conv2d_chunk(d)),
+							 ds_kernel_threads() * direct_slice(d)),
+						   (int64_t)grad_input_workspace(d)),
+					     (int64_t)ds_conv2d_masked_s2_workspace(d));
 		return ds_conv2d_workspace_chunk(d, ds_conv2d_chunk(d));
 	case DS_CONV2D_POINTWISE:
 		return ds_conv2d_workspace_chunk(d, 0);
@@ -1348,13 +1349,15 @@ void ds_conv2d_forward_res(const ds_conv2d_dims *d, const float *x, const float 
 		 * the masked kernel's tiles beat (16 -> 64 on 28x28: 83 against
 		 * 101 GFLOP/s on one core); from 64 on the GEMM wins. */
 		if (d->c <= 32 && ds_conv2d_masked_fits(d))
-			ds_conv2d_masked_forward(d, x, w, b, r, y, ws, 0, ds_kernel_threads());
+			ds_conv2d_masked_forward(d, x, w, b, r, y, ws, d->pool ? direct_slice(d) : 0, ds_kernel_threads());
 		else
 			pointwise_forward(d, x, w, b, r, y);
 		break;
 	case DS_CONV2D_IM2COL:
 		if (lanes_chosen(d))
 			ds_conv2d_lanes_forward(d, x, w, b, r, y, ws);
+		else if (direct_fits(d) && ds_conv2d_masked_s2_fits(d))
+			ds_conv2d_masked_s2_forward(d, x, w, b, r, y, ws, direct_team(d));
 		else if (direct_fits(d))
 			direct_forward(d, x, w, b, r, y, ws);
 		else

@@ -177,10 +177,19 @@ void ds_conv2d_pooled_backward(const ds_conv2d_dims *d, const float *x, const fl
 /* conv_masked.c: stride-1 convolutions whose output is as wide as their
  * input, on the unpadded planes with the borders masked off in the loads;
  * AVX-512 only.  ws + ds_kernel_slice() * slice holds, with a fused pool,
- * min(o / groups, 8) output planes; threads is the team's size. */
+ * the output planes of 8 channels of as many images as fit (one at least);
+ * threads is the team's size. */
 int ds_conv2d_masked_fits(const ds_conv2d_dims *d);
 void ds_conv2d_masked_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
 			      const float *r, float *y, float *ws, int64_t slice, int threads);
+/* The same at stride 2 where no tap reads past its
+ * output's row and column (padding 1 for 3x3 filters, 0 for 1x1): each
+ * image split into its even and odd rows and columns, in a workspace of
+ * ds_conv2d_masked_s2_workspace floats. */
+int ds_conv2d_masked_s2_fits(const ds_conv2d_dims *d);
+size_t ds_conv2d_masked_s2_workspace(const ds_conv2d_dims *d);
+void ds_conv2d_masked_s2_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
+				 const float *r, float *y, float *ws, int threads);
 
 /* conv_dw3.c: 3x3 depthwise convolutions with one filter a channel,
  * padding 1, stride 2 or stride 1 on planes of up to 4096 outputs, a plane

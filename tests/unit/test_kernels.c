@@ -580,6 +580,91 @@ static void test_conv_same(void)
 	conv_same_case(2, 6, 1, 13, 4, 1, 3, 0, 1, 1, 1, 0, 0);     /* one row */
 	conv_same_case(2, 70, 6, 6, 9, 3, 3, 1, 1, 1, 1, 1, 0);     /* channels past a pass */
 	conv_same_case(37, 4, 11, 9, 5, 3, 3, 1, 1, 1, 1, 0, 1);
+	/* Runs of images numbered through: vectors across two images, tiles
+	 * over several, runs of unequal size, partial blocks of channels. */
+	conv_same_case(64, 64, 7, 7, 64, 3, 3, 1, 1, 1, 0, 1, 0);
+	conv_same_case(21, 40, 4, 4, 24, 3, 3, 1, 1, 1, 1, 0, 0);
+	conv_same_case(13, 32, 14, 14, 32, 3, 3, 1, 1, 1, 2, 1, 0);
+	conv_same_case(19, 8, 14, 14, 16, 3, 3, 1, 1, 1, 1, 0, 1);
+	conv_same_case(11, 6, 5, 5, 13, 3, 3, 1, 1, 1, 2, 1, 0);
+	conv_same_case(7, 5, 3, 3, 6, 3, 3, 1, 1, 1, 1, 0, 0);      /* planes under a vector */
+	conv_same_case(9, 5, 9, 3, 7, 3, 3, 2, 1, 1, 0, 1, 0);      /* taller output */
+	conv_same_case(8, 4, 10, 9, 6, 3, 3, 2, 2, 2, 1, 1, 0);     /* dilation 2 */
+	conv_same_case(50, 24, 6, 6, 24, 3, 3, 1, 1, 24, 2, 0, 0);  /* depthwise */
+	conv_same_case(45, 16, 8, 8, 32, 1, 1, 0, 1, 1, 1, 0, 0);   /* 1x1 */
+	conv_same_case(6, 3, 9, 9, 4, 7, 7, 3, 1, 1, 1, 0, 0);
+}
+
+/* Stride-2 convolutions whose taps read no further than their output's
+ * row and column go to conv_masked.c split into phases: 3x3 with padding 1
+ * (four phases), 1x1 (one), padding 2, 5x5 with padding 3, odd sizes,
+ * rows longer than a vector pair, one-pixel outputs, groups, partial
+ * blocks of channels, runs of images; and cases that do not fit (dilation,
+ * padding too small), which the direct kernel takes. */
+static void conv_s2_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k, int64_t pad, int64_t dil,
+			 int64_t groups, int act, int res, int fits)
+{
+	ds_conv2d_dims d = {
+		.n = n, .c = c, .h = h, .w = w, .o = o, .kh = k, .kw = k, .sh = 2, .sw = 2, .ph = pad, .pw = pad,
+		.dh = dil, .dw = dil, .groups = groups, .relu = act > 0, .cap = act == 2 ? 6.0f : 0.0f,
+	};
+	ds_conv2d_dims plain;
+	int64_t yn;
+	float *x, *wt, *b, *r, *y, *ref, *ws;
+
+	d.oh = (h + 2 * pad - dil * (k - 1) - 1) / 2 + 1;
+	d.ow = (w + 2 * pad - dil * (k - 1) - 1) / 2 + 1;
+	plain = d;
+	plain.relu = 0;
+	plain.cap = 0.0f;
+	yn = n * o * d.oh * d.ow;
+	x = randv(n * c * h * w);
+	wt = randv(o * (c / groups) * k * k);
+	b = randv(o);
+	r = res ? randv(yn) : NULL;
+	y = randv(yn);
+	ref = randv(yn);
+	ws = calloc(ds_conv2d_workspace(&d) + 1, sizeof *ws);
+	ds_conv2d_forward_res(&d, x, wt, b, r, y, ws);
+	ds_conv2d_forward_ref(&plain, x, wt, b, ref);
+	for (int64_t i = 0; i < yn; i++) {
+		float v = ref[i] + (r ? r[i] : 0.0f);
+
+		if (act)
+			v = v > 0.0f ? v : 0.0f;
+		if (act == 2)
+			v = v < 6.0f ? v : 6.0f;
+		ref[i] = v;
+	}
+	ok(!ds_conv2d_masked_s2_fits(&d) == !(fits && __builtin_cpu_supports("avx512f")) &&
+		   max_err(y, ref, yn, sqrt((double)(c / groups * k * k)) + 1) < 1e-5,
+	   "stride-2 conv2d n%lld c%lld %lldx%lld o%lld k%lld p%lld d%lld g%lld%s%s%s", (long long)n, (long long)c,
+	   (long long)h, (long long)w, (long long)o, (long long)k, (long long)pad, (long long)dil, (long long)groups,
+	   act == 2 ? " relu6" : act ? " relu" : "", res ? " residual" : "", fits ? "" : " (direct)");
+	free(x);
+	free(wt);
+	free(b);
+	free(r);
+	free(y);
+	free(ref);
+	free(ws);
+}
+
+static void test_conv_s2(void)
+{
+	conv_s2_case(9, 32, 14, 14, 64, 3, 1, 1, 1, 1, 0, 1);    /* resnet-s layer2 */
+	conv_s2_case(20, 64, 7, 7, 40, 3, 1, 1, 1, 1, 1, 1);     /* layer3, 4x4 out */
+	conv_s2_case(13, 32, 14, 14, 64, 1, 0, 1, 1, 0, 0, 1);   /* downsample */
+	conv_s2_case(64, 16, 28, 28, 24, 3, 1, 1, 1, 2, 0, 1);
+	conv_s2_case(3, 5, 9, 11, 7, 3, 1, 1, 1, 1, 0, 1);
+	conv_s2_case(4, 8, 10, 10, 6, 3, 1, 1, 2, 1, 1, 1);
+	conv_s2_case(3, 4, 8, 8, 5, 3, 2, 1, 1, 1, 0, 1);        /* wider than half */
+	conv_s2_case(2, 3, 11, 11, 4, 5, 3, 1, 1, 1, 0, 1);
+	conv_s2_case(2, 3, 70, 40, 9, 3, 1, 1, 1, 0, 0, 1);      /* long rows */
+	conv_s2_case(5, 6, 1, 1, 10, 3, 1, 1, 1, 1, 0, 1);       /* one pixel */
+	conv_s2_case(7, 6, 2, 3, 10, 3, 1, 1, 1, 0, 1, 1);
+	conv_s2_case(3, 4, 12, 12, 5, 3, 2, 2, 1, 1, 0, 0);      /* dilation: past the output */
+	conv_s2_case(3, 4, 12, 12, 5, 3, 0, 1, 1, 1, 0, 0);      /* no padding: past the output */
 }
 
 /* 3x3 depthwise layers go to conv_dw3.c: stride 2 on planes whose output
@@ -794,6 +879,7 @@ static void test_linear_fixed(void)
 int main(void)
 {
 	test_conv_same();
+	test_conv_s2();
 	test_conv_dw3();
 	test_conv_pooled();
 	test_linear_fixed();
@@ -814,12 +900,14 @@ int main(void)
 	omp_set_num_threads(1);
 	test_conv();
 	test_conv_same();
+	test_conv_s2();
 	test_conv_pooled();
 	test_linear_fixed();
 	test_conv_backward();
 	omp_set_num_threads(3);
 	test_conv();
 	test_conv_same();
+	test_conv_s2();
 	test_conv_pooled();
 	test_linear_fixed();
 	case_tactic = DS_CONV2D_TACTIC_LANES;
