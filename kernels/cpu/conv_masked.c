@@ -51,18 +51,24 @@
 #define MASKED_RUN 768               /* output positions a run of images, about */
 #define MASKED_SPLIT ((int64_t)1 << 17)  /* floats of a thread's images split at stride 2 */
 
-int ds_conv2d_masked_fits(const ds_conv2d_dims *d)
+/* What both strides need: positions and offsets are formed in 32-bit lanes
+ * and floats (a run has fewer than 2 * MASKED_RUN positions or one image),
+ * and masked_tile names the masks of at most MASKED_K_MAX taps a side. */
+static int masked_shape_ok(const ds_conv2d_dims *d)
 {
 #ifdef HAVE_MASKED_AVX512
-	/* Positions and offsets are formed in 32-bit lanes and floats; a run
-	 * has fewer than 2 * MASKED_RUN positions or one image. */
-	return d->sh == 1 && d->sw == 1 && d->ow == d->w && d->oh > 0 && d->ow > 0 &&
-	       d->kh <= MASKED_K_MAX && d->kw <= MASKED_K_MAX && d->h * d->w < ((int64_t)1 << 22) &&
-	       d->oh * d->ow < ((int64_t)1 << 22) && __builtin_cpu_supports("avx512f");
+	return d->oh > 0 && d->ow > 0 && d->kh <= MASKED_K_MAX && d->kw <= MASKED_K_MAX &&
+	       d->h * d->w < ((int64_t)1 << 22) && d->oh * d->ow < ((int64_t)1 << 22) &&
+	       __builtin_cpu_supports("avx512f");
 #else
 	(void)d;
 	return 0;
 #endif
+}
+
+int ds_conv2d_masked_fits(const ds_conv2d_dims *d)
+{
+	return d->sh == 1 && d->sw == 1 && d->ow == d->w && masked_shape_ok(d);
 }
 
 #ifdef HAVE_MASKED_AVX512
@@ -586,14 +592,8 @@ static __attribute__((target("avx512f"))) void split_image(const ds_conv2d_dims 
 
 int ds_conv2d_masked_s2_fits(const ds_conv2d_dims *d)
 {
-#ifdef HAVE_MASKED_AVX512
-	return d->sh == 2 && d->sw == 2 && d->oh > 0 && d->ow > 0 && d->kh <= MASKED_K_MAX &&
-	       d->kw <= MASKED_K_MAX && (d->kh - 1) * d->dh - d->ph < 2 && (d->kw - 1) * d->dw - d->pw < 2 &&
-	       d->oh * d->ow < ((int64_t)1 << 22) && __builtin_cpu_supports("avx512f");
-#else
-	(void)d;
-	return 0;
-#endif
+	return d->sh == 2 && d->sw == 2 && (d->kh - 1) * d->dh - d->ph < 2 && (d->kw - 1) * d->dw - d->pw < 2 &&
+	       masked_shape_ok(d);
 }
 
 #ifdef HAVE_MASKED_AVX512

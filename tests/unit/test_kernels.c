@@ -497,6 +497,21 @@ static void test_plan_chunks(void)
 	plan_case("mlp", 6, 6);
 }
 
+/* What the fused epilogue does after the plain convolution: the residual,
+ * then ReLU (act 1) or ReLU6 (act 2). */
+static void ref_epilogue(float *ref, const float *r, int64_t n, int act)
+{
+	for (int64_t i = 0; i < n; i++) {
+		float v = ref[i] + (r ? r[i] : 0.0f);
+
+		if (act)
+			v = v > 0.0f ? v : 0.0f;
+		if (act == 2)
+			v = v < 6.0f ? v : 6.0f;
+		ref[i] = v;
+	}
+}
+
 /* Stride-1 convolutions as wide as their input go to conv_masked.c: every
  * border (a row above or below, a column either side that the flat offset
  * wraps into the next row), planes narrower than a vector and not a
@@ -533,15 +548,7 @@ static void conv_same_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o
 	ws = calloc(ds_conv2d_workspace(&d) + 1, sizeof *ws);
 	ds_conv2d_forward_res(&d, x, wt, b, r, y, ws);
 	ds_conv2d_forward_ref(&plain, x, wt, b, ref);
-	for (int64_t i = 0; i < full; i++) {
-		float v = ref[i] + (r ? r[i] : 0.0f);
-
-		if (act)
-			v = v > 0.0f ? v : 0.0f;
-		if (act == 2)
-			v = v < 6.0f ? v : 6.0f;
-		ref[i] = v;
-	}
+	ref_epilogue(ref, r, full, act);
 	if (pool)
 		for (int64_t pc = 0; pc < n * o; pc++)
 			ds_max_pool_2x2_plane(ref + pc * d.oh * d.ow, d.ow, d.oh / 2, d.ow / 2,
@@ -627,15 +634,7 @@ static void conv_s2_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, 
 	ws = calloc(ds_conv2d_workspace(&d) + 1, sizeof *ws);
 	ds_conv2d_forward_res(&d, x, wt, b, r, y, ws);
 	ds_conv2d_forward_ref(&plain, x, wt, b, ref);
-	for (int64_t i = 0; i < yn; i++) {
-		float v = ref[i] + (r ? r[i] : 0.0f);
-
-		if (act)
-			v = v > 0.0f ? v : 0.0f;
-		if (act == 2)
-			v = v < 6.0f ? v : 6.0f;
-		ref[i] = v;
-	}
+	ref_epilogue(ref, r, yn, act);
 	ok(!ds_conv2d_masked_s2_fits(&d) == !(fits && __builtin_cpu_supports("avx512f")) &&
 		   max_err(y, ref, yn, sqrt((double)(c / groups * k * k)) + 1) < 1e-5,
 	   "stride-2 conv2d n%lld c%lld %lldx%lld o%lld k%lld p%lld d%lld g%lld%s%s%s", (long long)n, (long long)c,
@@ -697,15 +696,7 @@ static void conv_dw3_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t st
 	ws = calloc(ds_conv2d_workspace(&d) + 1, sizeof *ws);
 	ds_conv2d_forward_res(&d, x, wt, b, r, y, ws);
 	ds_conv2d_forward_ref(&plain, x, wt, b, ref);
-	for (int64_t i = 0; i < yn; i++) {
-		float v = ref[i] + (r ? r[i] : 0.0f);
-
-		if (act)
-			v = v > 0.0f ? v : 0.0f;
-		if (act == 2)
-			v = v < 6.0f ? v : 6.0f;
-		ref[i] = v;
-	}
+	ref_epilogue(ref, r, yn, act);
 	ok(!ds_conv2d_dw3_fits(&d) == !__builtin_cpu_supports("avx512f") && max_err(y, ref, yn, 4.0) < 1e-5,
 	   "3x3 depthwise n%lld c%lld %lldx%lld s%lld%s%s%s", (long long)n, (long long)c, (long long)h, (long long)w,
 	   (long long)stride, bias ? " bias" : "", act == 2 ? " relu6" : act ? " relu" : "", res ? " residual" : "");
