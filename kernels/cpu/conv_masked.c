@@ -174,37 +174,39 @@ struct masked_epilogue {
 };
 
 /* How a tile's vectors lie in the run: consecutive in one image (one
- * address), in one image each but not consecutive (an address each),
- * any of them across two images (a second load for each), or vector v alone
- * across two (TILE_CROSS_AT + v: a second load for it only, as the second
- * load merges into the first at the cost of a blend on an FMA port). */
-enum { TILE_FLAT, TILE_SPLIT, TILE_CROSS, TILE_CROSS_AT };
+ * address, the others at fixed offsets), each in one image (an address
+ * each), the first
+ * across two images (a second load for it alone: the second load merges
+ * into the first at the cost of a blend on an FMA port), or any of them
+ * across two (a second load for each: planes of fewer than 48 positions).
+ * A tile whose one crossing vector is not its first swaps it there: the
+ * vectors are slots, each with its own addresses and masks. */
+enum { TILE_FLAT, TILE_SPLIT, TILE_CROSS_FIRST, TILE_CROSS };
 
 static inline __attribute__((always_inline)) int crosses(int kind, int v)
 {
-	return kind == TILE_CROSS || kind == TILE_CROSS_AT + v;
+	return kind == TILE_CROSS || (kind == TILE_CROSS_FIRST && v == 0);
 }
 
-/* Where a vector starts: its image in the run and position in the image. */
+/* Where a vector starts: its image in the run and position in the image,
+ * and its number in the run. */
 struct vec_at {
-	int64_t img, q;
+	int64_t img, q, idx;
 };
 
-/* ob output channels by nv vectors from vector vec of the run on, starting
- * at at[0..nv); constant
- * ob, nv, kind after inlining, so the accumulators stay in registers.  x is
- * the group's first input plane of the run's first image, w the first
- * filter, y the first output plane (planes of g->p floats, images y_img
- * apart). */
+/* ob output channels by the nv vectors at[0..nv); constant ob, nv, kind
+ * after inlining, so the accumulators stay in registers.  x is the group's
+ * first input plane of the run's first image, w the first filter, y the
+ * first output plane (planes of g->p floats, images y_img apart). */
 static inline __attribute__((always_inline, target("avx512f"))) void
 masked_tile(int ob, int nv, int kind, const struct masked_geom *g, const struct masked_run *u, const float *x,
-	    int64_t cg, const float *w, const float *bias, int64_t vec, const struct vec_at *at,
-	    const struct masked_epilogue *e, float *y)
+	    int64_t cg, const float *w, const float *bias, const struct vec_at *at, const struct masked_epilogue *e,
+	    float *y)
 {
 	__m512 acc[MASKED_OB][MASKED_NV];
 	__mmask16 own[MASKED_NV * (2 * MASKED_K_MAX * MASKED_K_MAX + 2)];
 	const int64_t taps = g->taps, pv = g->per_vec, wstride = cg * taps;
-	const __mmask16 *m = u->table ? u->table + vec * pv : own;
+	const __mmask16 *ms[MASKED_NV];
 	int64_t xo[MASKED_NV], yo[MASKED_NV], ro[MASKED_NV];
 	/* The next image's lanes of a crossing vector, from its first's. */
 	const intptr_t xnext = (intptr_t)((g->x_img - g->p) * (int64_t)sizeof *x);
@@ -212,10 +214,13 @@ masked_tile(int ob, int nv, int kind, const struct masked_geom *g, const struct 
 	const float *r = e->r, cap = e->cap;
 	const int relu = e->relu;
 
-	if (!u->table)
-		for (int v = 0; v < nv; v++)
-			vector_masks(g, u->pos, vec + v, own + v * pv);
 	for (int v = 0; v < nv; v++) {
+		if (u->table) {
+			ms[v] = u->table + at[v].idx * pv;
+		} else {
+			vector_masks(g, u->pos, at[v].idx, own + v * pv);
+			ms[v] = own + v * pv;
+		}
 		xo[v] = at[v].img * g->x_img + at[v].q;
 		yo[v] = at[v].img * u->y_img + at[v].q;
 		ro[v] = at[v].img * u->r_img + at[v].q;
@@ -238,14 +243,15 @@ masked_tile(int ob, int nv, int kind, const struct masked_geom *g, const struct 
 				       (uintptr_t)((xo[0] + g->toff[t]) * (int64_t)sizeof *x);
 			const uintptr_t xstep = (uintptr_t)(g->in_plane * (int64_t)sizeof *x);
 			const intptr_t d1 = kind == TILE_FLAT ? 64 : (intptr_t)((xo[nv > 1] - xo[0]) * (int64_t)sizeof *x);
-			const intptr_t d2 = kind == TILE_FLAT ? 128 : (intptr_t)((xo[nv > 2 ? 2 : 0] - xo[0]) * (int64_t)sizeof *x);
+			const intptr_t d2 = kind == TILE_FLAT ? 128
+							      : (intptr_t)((xo[nv > 2 ? 2 : 0] - xo[0]) * (int64_t)sizeof *x);
 			const float *wt = w + c0 * taps + t;
 			/* In mask registers through the channels: GCC reloads an
 			 * array's masks every channel. */
-			const __mmask16 m0 = m[t], m1 = nv > 1 ? m[pv + t] : 0, m2 = nv > 2 ? m[2 * pv + t] : 0;
-			const __mmask16 n0 = crosses(kind, 0) ? m[taps + t] : 0;
-			const __mmask16 n1 = crosses(kind, 1) && nv > 1 ? m[pv + taps + t] : 0;
-			const __mmask16 n2 = crosses(kind, 2) && nv > 2 ? m[2 * pv + taps + t] : 0;
+			const __mmask16 m0 = ms[0][t], m1 = nv > 1 ? ms[nv > 1][t] : 0, m2 = nv > 2 ? ms[nv > 2 ? 2 : 0][t] : 0;
+			const __mmask16 n0 = crosses(kind, 0) ? ms[0][taps + t] : 0;
+			const __mmask16 n1 = crosses(kind, 1) && nv > 1 ? ms[nv > 1][taps + t] : 0;
+			const __mmask16 n2 = crosses(kind, 2) && nv > 2 ? ms[nv > 2 ? 2 : 0][taps + t] : 0;
 
 			for (int64_t c = c0; c < c1; c++, xa += xstep, wt += taps) {
 				__m512 xv[MASKED_NV];
@@ -272,7 +278,7 @@ masked_tile(int ob, int nv, int kind, const struct masked_geom *g, const struct 
 	}
 #pragma GCC unroll 4
 	for (int v = 0; v < nv; v++) {
-		const __mmask16 first = m[v * pv + 2 * taps], next = kind == TILE_FLAT ? 0 : m[v * pv + 2 * taps + 1];
+		const __mmask16 first = ms[v][2 * taps], next = kind <= TILE_SPLIT ? 0 : ms[v][2 * taps + 1];
 
 #pragma GCC unroll 8
 		for (int j = 0; j < ob; j++) {
@@ -298,45 +304,76 @@ masked_tile(int ob, int nv, int kind, const struct masked_geom *g, const struct 
 	}
 }
 
-/* How the nv vectors from vec on, starting at at[], lie in the run. */
-static inline __attribute__((always_inline)) int tile_kind(const struct masked_geom *g, const struct masked_run *u,
-							   int64_t vec, const struct vec_at *at, int nv)
+/* How the nv vectors at[] lie in the run; one crossing vector is swapped
+ * into the first slot. */
+static int tile_kind(const struct masked_geom *g, const struct masked_run *u, struct vec_at *at, int nv)
 {
-	int kind = TILE_SPLIT, flat = 1;
+	int kind = TILE_SPLIT, cross = -1, flat = 1;
 
 	for (int v = 0; v < nv; v++) {
-		const int64_t a = 16 * (vec + v), live = u->pos - a < 16 ? u->pos - a : 16;
-		const int across = live > 0 && at[v].q + live > g->p;
+		const int64_t a = 16 * at[v].idx, live = u->pos - a < 16 ? u->pos - a : 16;
 
-		flat &= at[v].img == at[0].img && !across;
-		if (across)
-			kind = kind == TILE_SPLIT ? TILE_CROSS_AT + v : TILE_CROSS;
+		flat &= at[v].img == at[0].img;
+		if (live > 0 && at[v].q + live > g->p) {
+			kind = kind == TILE_SPLIT ? TILE_CROSS_FIRST : TILE_CROSS;
+			cross = v;
+		}
 	}
-	return flat ? TILE_FLAT : kind;
+	if (kind == TILE_SPLIT && flat)
+		return TILE_FLAT;
+	if (kind == TILE_CROSS_FIRST && cross > 0) {
+		struct vec_at t = at[0];
+
+		at[0] = at[cross];
+		at[cross] = t;
+	}
+	return kind;
 }
 
-/* One tile of any kind.  A block of fewer than 8 channels (a layer's last)
- * takes the crossing tile's code for all three kinds, which is right for
- * every tile (the second loads find no lanes), to keep the code small. */
-static inline __attribute__((always_inline, target("avx512f"))) void
-masked_any(int ob, int nv, const struct masked_geom *g, const struct masked_run *u, const float *x, int64_t cg,
-	   const float *w, const float *bias, int64_t vec, const struct vec_at *at, const struct masked_epilogue *e,
-	   float *y)
-{
-	const int kind = tile_kind(g, u, vec, at, nv);
+/* Each tile variant a function of its own: inlined into one function,
+ * the register allocator's time grew past a minute under the sanitizers. */
+#define MASKED_TILE_FN(NAME, OB, NV, KIND, ONE)                                                          \
+	static __attribute__((noinline, target("avx512f"))) void NAME(                                   \
+		const struct masked_geom *g, const struct masked_run *u, const float *x, int64_t cg,     \
+		const float *w, const float *bias, const struct vec_at *at, const struct masked_epilogue *e, \
+		float *y)                                                                                \
+	{                                                                                                \
+		masked_tile(OB, NV, KIND, g, u, x, ONE ? 1 : cg, w, bias, at, e, y);                     \
+	}
 
-	if (ob == MASKED_OB && kind == TILE_FLAT)
-		masked_tile(ob, nv, TILE_FLAT, g, u, x, cg, w, bias, vec, at, e, y);
-	else if (ob == MASKED_OB && nv == 3 && kind == TILE_SPLIT)
-		masked_tile(ob, nv, TILE_SPLIT, g, u, x, cg, w, bias, vec, at, e, y);
-	else if (ob == MASKED_OB && nv == 3 && kind == TILE_CROSS_AT)
-		masked_tile(ob, nv, TILE_CROSS_AT, g, u, x, cg, w, bias, vec, at, e, y);
-	else if (ob == MASKED_OB && nv == 3 && kind == TILE_CROSS_AT + 1)
-		masked_tile(ob, nv, TILE_CROSS_AT + 1, g, u, x, cg, w, bias, vec, at, e, y);
-	else if (ob == MASKED_OB && nv == 3 && kind == TILE_CROSS_AT + 2)
-		masked_tile(ob, nv, TILE_CROSS_AT + 2, g, u, x, cg, w, bias, vec, at, e, y);
+MASKED_TILE_FN(tile_flat3, MASKED_OB, 3, TILE_FLAT, 0)
+MASKED_TILE_FN(tile_split3, MASKED_OB, 3, TILE_SPLIT, 0)
+MASKED_TILE_FN(tile_split2, MASKED_OB, 2, TILE_SPLIT, 0)
+MASKED_TILE_FN(tile_split1, MASKED_OB, 1, TILE_SPLIT, 0)
+MASKED_TILE_FN(tile_one3, MASKED_OB, 3, TILE_SPLIT, 1)
+MASKED_TILE_FN(tile_one2, MASKED_OB, 2, TILE_SPLIT, 1)
+MASKED_TILE_FN(tile_one1, MASKED_OB, 1, TILE_SPLIT, 1)
+MASKED_TILE_FN(tile_first3, MASKED_OB, 3, TILE_CROSS_FIRST, 0)
+MASKED_TILE_FN(tile_cross3, MASKED_OB, 3, TILE_CROSS, 0)
+MASKED_TILE_FN(tile_cross2, MASKED_OB, 2, TILE_CROSS, 0)
+MASKED_TILE_FN(tile_cross1, MASKED_OB, 1, TILE_CROSS, 0)
+MASKED_TILE_FN(tile_part4, 4, 1, TILE_CROSS, 0)
+MASKED_TILE_FN(tile_part2, 2, 1, TILE_CROSS, 0)
+MASKED_TILE_FN(tile_part1, 1, 1, TILE_CROSS, 0)
+
+/* One tile of 8 channels, of any kind; a first layer's (or a depthwise
+ * layer's) one input channel a group gets code without the channel loop
+ * where no vector crosses. */
+static void masked_any(int nv, const struct masked_geom *g, const struct masked_run *u, const float *x, int64_t cg,
+		       const float *w, const float *bias, struct vec_at *at, const struct masked_epilogue *e, float *y)
+{
+	const int kind = tile_kind(g, u, at, nv);
+
+	if (kind <= TILE_SPLIT && cg == 1)
+		(nv == 3 ? tile_one3 : nv == 2 ? tile_one2 : tile_one1)(g, u, x, cg, w, bias, at, e, y);
+	else if (kind == TILE_FLAT && nv == 3)
+		tile_flat3(g, u, x, cg, w, bias, at, e, y);
+	else if (kind <= TILE_SPLIT)
+		(nv == 3 ? tile_split3 : nv == 2 ? tile_split2 : tile_split1)(g, u, x, cg, w, bias, at, e, y);
+	else if (nv == 3 && kind == TILE_CROSS_FIRST)
+		tile_first3(g, u, x, cg, w, bias, at, e, y);
 	else
-		masked_tile(ob, nv, TILE_CROSS, g, u, x, cg, w, bias, vec, at, e, y);
+		(nv == 3 ? tile_cross3 : nv == 2 ? tile_cross2 : tile_cross1)(g, u, x, cg, w, bias, at, e, y);
 }
 
 /* Vectors a tile, with left vectors to go: three, and two of two rather
@@ -346,54 +383,44 @@ static int tile_vectors(int64_t left)
 	return left >= 5 || left == 3 ? 3 : left == 1 ? 1 : 2;
 }
 
-/* Tiles along the run, walking the vectors' images and positions (p is at
- * least 16 when a run has several images, so a vector's successor is at
- * most one image on); one input channel a group (the first layer, a
- * depthwise layer) gets its own copy without the channel loop. */
-static inline __attribute__((always_inline, target("avx512f"))) void
-masked_rows(int ob, const struct masked_geom *g, const struct masked_run *u, const float *x, int64_t cg,
-	    const float *w, const float *bias, const struct masked_epilogue *e, float *y)
+/* The next vector's start, from cur's (p is at least 16 when a run has
+ * several images, so it is at most one image on). */
+static void vec_next(const struct masked_geom *g, struct vec_at *cur)
+{
+	cur->q += 16;
+	cur->idx++;
+	if (cur->q >= g->p) {
+		cur->q -= g->p;
+		cur->img++;
+	}
+}
+
+/* Tiles of ob channels along the run: of 8, in tiles of three vectors
+ * and two of two rather than one of one at the end; fewer than 8 (a
+ * layer's last channels, when it has not a multiple of 8), one vector a
+ * tile in the crossing tile's code, which is right for every vector (the
+ * second load finds no lanes). */
+static void masked_rows(int64_t ob, const struct masked_geom *g, const struct masked_run *u, const float *x,
+			int64_t cg, const float *w, const float *bias, const struct masked_epilogue *e, float *y)
 {
 	const int64_t vectors = (u->pos + 15) / 16;
-	struct vec_at cur = { 0, 0 };
+	struct vec_at cur = { 0, 0, 0 };
 
 	for (int64_t v = 0; v < vectors;) {
-		const int nv = tile_vectors(vectors - v);
+		const int nv = ob == MASKED_OB ? tile_vectors(vectors - v) : 1;
 		struct vec_at at[MASKED_NV];
 
 		for (int i = 0; i < nv; i++) {
 			at[i] = cur;
-			cur.q += 16;
-			if (cur.q >= g->p) {
-				cur.q -= g->p;
-				cur.img++;
-			}
+			vec_next(g, &cur);
 		}
-		if (nv == 3)
-			masked_any(ob, 3, g, u, x, cg, w, bias, v, at, e, y);
-		else if (nv == 2)
-			masked_any(ob, 2, g, u, x, cg, w, bias, v, at, e, y);
+		if (ob == MASKED_OB)
+			masked_any(nv, g, u, x, cg, w, bias, at, e, y);
 		else
-			masked_any(ob, 1, g, u, x, cg, w, bias, v, at, e, y);
+			(ob == 4 ? tile_part4 : ob == 2 ? tile_part2 : tile_part1)(g, u, x, cg, w, bias, at, e, y);
 		v += nv;
 	}
 }
-
-#define MASKED_ROWS(OB)                                                                                 \
-	static __attribute__((target("avx512f"))) void masked_rows_##OB(                                \
-		const struct masked_geom *g, const struct masked_run *u, const float *x, int64_t cg,    \
-		const float *w, const float *bias, const struct masked_epilogue *e, float *y)           \
-	{                                                                                               \
-		if (cg == 1)                                                                            \
-			masked_rows(OB, g, u, x, 1, w, bias, e, y);                                     \
-		else                                                                                    \
-			masked_rows(OB, g, u, x, cg, w, bias, e, y);                                    \
-	}
-
-MASKED_ROWS(8)
-MASKED_ROWS(4)
-MASKED_ROWS(2)
-MASKED_ROWS(1)
 
 /* Output channels [o0, o0 + ob), all in one group, of the k images of a run
  * into y (the run's first output image) or, pooled, through the thread's
@@ -416,19 +443,10 @@ static void masked_block(const ds_conv2d_dims *d, const struct masked_geom *g, c
 		const struct masked_epilogue e = { r ? r + (o0 + j) * g->p : NULL, d->relu, d->relu ? d->cap : 0.0f };
 		float *yj = dst + j * g->p;
 
-		if (left >= 8) {
-			masked_rows_8(g, &u, xg, cg, wj, bj, &e, yj);
-			j += 8;
-		} else if (left >= 4) {
-			masked_rows_4(g, &u, xg, cg, wj, bj, &e, yj);
-			j += 4;
-		} else if (left >= 2) {
-			masked_rows_2(g, &u, xg, cg, wj, bj, &e, yj);
-			j += 2;
-		} else {
-			masked_rows_1(g, &u, xg, cg, wj, bj, &e, yj);
-			j += 1;
-		}
+		const int64_t step = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+
+		masked_rows(step, g, &u, xg, cg, wj, bj, &e, yj);
+		j += step;
 	}
 	for (int64_t i = 0; d->pool && i < k; i++)
 		for (int64_t j = 0; j < ob; j++) {
