@@ -1066,19 +1066,6 @@ static void direct_block_at(const ds_conv2d_dims *d, int64_t blk, int64_t *o0, i
 	*ob = min64(DIRECT_OB, og - j);
 }
 
-/* Multiply-adds below which a batch-1 convolution stays on one thread: the
- * fork and join cost more than the second core gives back. */
-#define DIRECT_SPLIT_MIN ((int64_t)1 << 19)
-
-static int direct_team(const ds_conv2d_dims *d)
-{
-	int threads = ds_kernel_threads();
-
-	if (d->n < threads && d->o * d->oh * d->ow * (d->c / d->groups) * d->kh * d->kw < DIRECT_SPLIT_MIN)
-		threads = 1;
-	return threads;
-}
-
 /* Images are shared out between the threads; fewer images than threads
  * share each image's channel blocks instead.  A stride-1 convolution as
  * wide as its input goes to conv_masked.c, which needs no padded copy. */
@@ -1088,7 +1075,12 @@ static void direct_forward(const ds_conv2d_dims *d, const float *x, const float 
 	struct direct_geom g;
 	const int64_t in_img = d->c * d->h * d->w, out_img = d->o * out_plane(d);
 	const int64_t slice = direct_slice(d), blocks = direct_blocks(d);
-	const int threads = direct_team(d);
+	/* Every thread, even on a small batch-1 layer: left to one thread,
+	 * such a layer read half its input from the other core's cache, where
+	 * the layer before had written its share of the channels (resnet-s's
+	 * 1x1 stride-2 downsample at batch 1: 13 us in the model on one of two
+	 * threads, 4 us alone; the model's batch-1 median 0.274 -> 0.263 ms). */
+	const int threads = ds_kernel_threads();
 
 	if (ds_conv2d_masked_fits(d)) {
 		ds_conv2d_masked_forward(d, x, w, b, r, y, ws, slice, threads);
@@ -1357,7 +1349,7 @@ void ds_conv2d_forward_res(const ds_conv2d_dims *d, const float *x, const float 
 		if (lanes_chosen(d))
 			ds_conv2d_lanes_forward(d, x, w, b, r, y, ws);
 		else if (direct_fits(d) && ds_conv2d_masked_s2_fits(d))
-			ds_conv2d_masked_s2_forward(d, x, w, b, r, y, ws, direct_team(d));
+			ds_conv2d_masked_s2_forward(d, x, w, b, r, y, ws, ds_kernel_threads());
 		else if (direct_fits(d))
 			direct_forward(d, x, w, b, r, y, ws);
 		else
