@@ -191,6 +191,22 @@ size_t ds_conv2d_masked_s2_workspace(const ds_conv2d_dims *d);
 void ds_conv2d_masked_s2_forward(const ds_conv2d_dims *d, const float *x, const float *w, const float *b,
 				 const float *r, float *y, float *ws, int threads);
 
+/* conv_blocked.c: the blocked layout NCHW16c, [n][ceil(c / 16)][h][w][16]
+ * with the channels past c zero.  Filters packed [ceil(o / 16)][ceil(c /
+ * 16)][kh][kw][16 in][16 out] (zero past o and c) by ds_conv2d_blocked_pack.
+ * Forward takes x blocked, or plain NCHW when x_blocked is 0, and writes y
+ * blocked; b has ceil(o / 16) * 16 floats (or NULL), r (or NULL) is shaped
+ * like y.  One group, no pool; the epilogue as ds_conv2d_forward_res. */
+size_t ds_conv2d_blocked_packed_floats(const ds_conv2d_dims *d);
+void ds_conv2d_blocked_pack(const ds_conv2d_dims *d, const float *w, float *wp);
+void ds_conv2d_blocked_forward(const ds_conv2d_dims *d, int x_blocked, const float *x, const float *wp,
+			       const float *b, const float *r, float *y);
+/* For tests: 1 takes the portable tiles even where AVX-512 is, 0 back. */
+void ds_conv2d_blocked_force_portable(int on);
+/* n images of c channels of plane positions, NCHW to blocked and back. */
+void ds_to_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float *y);
+void ds_from_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float *y);
+
 /* conv_dw3.c: 3x3 depthwise convolutions with one filter a channel,
  * padding 1, stride 2 or stride 1 on planes of up to 4096 outputs, a plane
  * at a time from the unpadded input; AVX-512 only.  The epilogue as

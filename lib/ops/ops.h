@@ -24,6 +24,7 @@ extern const ds_op ds_ops_shape[];
 extern const ds_op ds_ops_loss[];
 extern const ds_op ds_ops_embedding[];
 extern const ds_op ds_ops_quant[];
+extern const ds_op ds_ops_layout[];
 
 /* Dimensions and attribute values beyond this are refused, so that the
  * arithmetic of shape inference cannot overflow int64. */

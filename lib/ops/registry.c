@@ -14,7 +14,7 @@
 /* The one list of families; an op is found through the registry only. */
 static const ds_op *const families[] = {
 	ds_ops_conv, ds_ops_linear, ds_ops_norm, ds_ops_activation,
-	ds_ops_pool, ds_ops_shape, ds_ops_loss, ds_ops_embedding, ds_ops_quant,
+	ds_ops_pool, ds_ops_shape, ds_ops_loss, ds_ops_embedding, ds_ops_quant, ds_ops_layout,
 };
 
 /* Fixed room so that building the registry cannot fail; test_graph checks

@@ -34,6 +34,8 @@ static float *randv(int64_t n)
 	return v;
 }
 
+static int blocked_portable;   /* conv_blocked.c told to take its portable tiles */
+
 /* Largest difference relative to the size of the sum's terms. */
 static double max_err(const float *a, const float *b, int64_t n, double scale)
 {
@@ -858,6 +860,99 @@ static void linear_fixed_case(int64_t in, int64_t out)
 	free(alone);
 }
 
+/* The blocked layout (conv_blocked.c) against the plain reference: input
+ * blocked or plain (a chain's first layer, channels a plane apart),
+ * channels not a multiple of 16 on either side, every tile shape (4, 2
+ * and 1 vectors of channels), positions running across images, stride,
+ * padding, dilation, 1x1 and 5x5 filters, the residual with ReLU6; the
+ * padding channels of the output stay zero. */
+static void conv_blocked_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k, int64_t pad,
+			      int64_t stride, int64_t dil, int bias, int act, int res, int x_blocked)
+{
+	ds_conv2d_dims d = {
+		.n = n, .c = c, .h = h, .w = w, .o = o, .kh = k, .kw = k, .sh = stride, .sw = stride, .ph = pad,
+		.pw = pad, .dh = dil, .dw = dil, .groups = 1, .relu = act > 0, .cap = act == 2 ? 6.0f : 0.0f,
+	};
+	ds_conv2d_dims plain;
+	const int64_t cb = (c + 15) / 16, ob = (o + 15) / 16;
+	int64_t yn, bn, pads = 0;
+	float *x, *xb, *wt, *wp, *b, *bp, *r, *rb, *y, *yb, *ref;
+
+	d.oh = (h + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+	d.ow = (w + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+	plain = d;
+	plain.relu = 0;
+	plain.cap = 0.0f;
+	yn = n * o * d.oh * d.ow;
+	bn = n * ob * 16 * d.oh * d.ow;
+	x = randv(n * c * h * w);
+	xb = randv(n * cb * 16 * h * w);
+	wt = randv(o * c * k * k);
+	wp = randv((int64_t)ds_conv2d_blocked_packed_floats(&d));
+	b = bias ? randv(o) : NULL;
+	bp = calloc((size_t)ob * 16, sizeof *bp);
+	r = res ? randv(yn) : NULL;
+	rb = randv(bn);
+	yb = randv(bn);
+	y = randv(yn);
+	ref = randv(yn);
+	ds_conv2d_blocked_pack(&d, wt, wp);
+	if (b)
+		memcpy(bp, b, (size_t)o * sizeof *bp);
+	if (r)
+		ds_to_blocked(n, o, d.oh * d.ow, r, rb);
+	ds_to_blocked(n, c, h * w, x, xb);
+	ds_conv2d_blocked_forward(&d, x_blocked, x_blocked ? xb : x, wp, b ? bp : NULL, r ? rb : NULL, yb);
+	ds_from_blocked(n, o, d.oh * d.ow, yb, y);
+	ds_conv2d_forward_ref(&plain, x, wt, b, ref);
+	ref_epilogue(ref, r, yn, act);
+	for (int64_t i = 0; i < n * ob; i++)
+		for (int64_t q = 0; q < d.oh * d.ow; q++)
+			for (int64_t l = o - i % ob * 16; l < 16; l++)
+				pads += l >= 0 && yb[(i * d.oh * d.ow + q) * 16 + l] != 0.0f;
+	ok(max_err(y, ref, yn, sqrt((double)(c * k * k))) < 1e-5 && pads == 0,
+	   "blocked conv n%lld c%lld %lldx%lld o%lld k%lld p%lld s%lld d%lld%s%s%s, %s input%s", (long long)n,
+	   (long long)c, (long long)h, (long long)w, (long long)o, (long long)k, (long long)pad, (long long)stride,
+	   (long long)dil, bias ? " bias" : "", act == 2 ? " relu6" : act ? " relu" : "", res ? " residual" : "",
+	   x_blocked ? "blocked" : "plain", blocked_portable ? ", portable" : "");
+	free(x);
+	free(xb);
+	free(wt);
+	free(wp);
+	free(b);
+	free(bp);
+	free(r);
+	free(rb);
+	free(y);
+	free(yb);
+	free(ref);
+}
+
+static void test_conv_blocked(void)
+{
+	float *x = randv(3 * 21 * 10), *xb = randv(3 * 32 * 10), *back = randv(3 * 21 * 10);
+
+	ds_to_blocked(3, 21, 10, x, xb);
+	ds_from_blocked(3, 21, 10, xb, back);
+	ok(!memcmp(x, back, 3 * 21 * 10 * sizeof *x) && xb[(1 * 10 + 3) * 16 + 5] == 0.0f &&
+	   xb[(0 * 10 + 3) * 16 + 5] == x[5 * 10 + 3], "blocked layout: there and back, padding channels zero");
+	free(x);
+	free(xb);
+	free(back);
+	conv_blocked_case(5, 64, 7, 7, 64, 3, 1, 1, 1, 1, 1, 1, 1);      /* resnet-s layer3 */
+	conv_blocked_case(3, 32, 14, 14, 64, 3, 1, 2, 1, 1, 1, 0, 0);    /* its stride-2 entry, plain */
+	conv_blocked_case(3, 32, 14, 14, 64, 1, 0, 2, 1, 1, 0, 1, 0);    /* downsample */
+	conv_blocked_case(2, 64, 4, 4, 128, 3, 1, 1, 1, 1, 2, 1, 1);
+	conv_blocked_case(2, 1, 28, 28, 64, 3, 1, 1, 1, 1, 1, 0, 0);     /* a first layer */
+	conv_blocked_case(3, 20, 9, 11, 40, 3, 1, 1, 1, 1, 0, 0, 1);     /* 3 blocks out: 1 x 24 tiles */
+	conv_blocked_case(3, 20, 9, 11, 40, 3, 1, 1, 1, 0, 0, 0, 0);
+	conv_blocked_case(2, 35, 8, 6, 32, 5, 2, 1, 1, 1, 2, 1, 1);      /* 2 x 12 tiles */
+	conv_blocked_case(2, 16, 10, 10, 16, 3, 2, 1, 2, 1, 1, 0, 1);    /* dilation */
+	conv_blocked_case(3, 8, 5, 5, 70, 3, 0, 1, 1, 1, 1, 1, 0);       /* no padding */
+	conv_blocked_case(4, 24, 1, 1, 64, 3, 1, 1, 1, 1, 1, 0, 1);      /* one pixel */
+	conv_blocked_case(1, 3, 13, 17, 64, 3, 1, 2, 1, 1, 0, 0, 0);
+}
+
 static void test_linear_fixed(void)
 {
 	linear_fixed_case(3136, 128);
@@ -869,6 +964,12 @@ static void test_linear_fixed(void)
 
 int main(void)
 {
+	test_conv_blocked();
+	blocked_portable = 1;
+	ds_conv2d_blocked_force_portable(1);
+	test_conv_blocked();
+	ds_conv2d_blocked_force_portable(0);
+	blocked_portable = 0;
 	test_conv_same();
 	test_conv_s2();
 	test_conv_dw3();
@@ -892,10 +993,12 @@ int main(void)
 	test_conv();
 	test_conv_same();
 	test_conv_s2();
+	test_conv_blocked();
 	test_conv_pooled();
 	test_linear_fixed();
 	test_conv_backward();
 	omp_set_num_threads(3);
+	test_conv_blocked();
 	test_conv();
 	test_conv_same();
 	test_conv_s2();
