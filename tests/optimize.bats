@@ -82,17 +82,50 @@ nodes() {
 	echo "$stderr" > "$T/r.json"
 	[ "$(json_eval "$T/r.json" "[p['rewrites'] for p in d['passes'] if p['pass'] == 'fuse-add'][0]")" = 6 ]
 	[ "$(json_eval "$T/r.json" "d['verify']['max_rel_diff'] < 1e-5")" = True ]
-	[ "$(nodes "$T/r.dsm")" = "conv2d flatten global_avg_pool linear" ]
-	# Against the same passes without it, nothing moves (--tolerance 0).
-	ds-optimize -q --disable-pass fuse-add -o "$T/na.dsm" "$T/resnet-s.dsm"
+	[ "$(nodes "$T/r.dsm")" = "conv2d conv2d_nchw16c flatten global_avg_pool linear reorder" ]
+	# Against the same passes without it, nothing moves (--tolerance 0;
+	# the layout pass sums in another order).
+	ds-optimize -q --disable-pass fuse-add,layout -o "$T/na.dsm" "$T/resnet-s.dsm"
 	[[ "$(nodes "$T/na.dsm")" == *add* ]]
-	run -0 ds-optimize -q --verify 16 --tolerance 0 -o "$T/a.dsm" "$T/na.dsm"
+	run -0 ds-optimize -q --disable-pass layout --verify 16 --tolerance 0 -o "$T/a.dsm" "$T/na.dsm"
 	# The residuals of mobilenet-s, alone: training through them is refused.
 	model mobilenet-s
 	ds-optimize -q --disable-pass fuse-activation -o "$T/m.dsm" "$T/mobilenet-s.dsm"
 	[[ "$(nodes "$T/m.dsm")" != *add* ]]
 	run -3 --separate-stderr ds-train -q --finetune "$T/m.dsm" --data "$T/d.dst" --epochs 1 -o "$T/t.dsm"
 	[[ "$stderr" == *"a fused residual is for inference"* ]]
+	[ ! -e "$T/t.dsm" ]
+}
+
+@test "layout: chains of 64-channel convolutions run blocked on the cpu, within rounding, inference only" {
+	model resnet-s
+	run -0 --separate-stderr ds-optimize --verify 16 --format json -o "$T/r.dsm" "$T/resnet-s.dsm"
+	echo "$stderr" > "$T/r.json"
+	# layer3: its two stride-2 entries read the plain input, the rest the
+	# blocked one; the last output goes back to NCHW for the pool.
+	[ "$(json_eval "$T/r.json" "[p['rewrites'] for p in d['passes'] if p['pass'] == 'layout'][0]")" = 6 ]
+	json_eval "$T/r.json" "[r['rewrite'] for r in d['rewrites']]" > "$T/log"
+	grep -q "layout: conv2d 'layer3.0.conv1' in nchw16c, plain input" "$T/log"
+	grep -q "layout: conv2d 'layer3.1.conv2' in nchw16c, blocked input" "$T/log"
+	grep -q "layout: reorder 'layer3.1.relu' back to nchw" "$T/log"
+	[ "$(json_eval "$T/r.json" "d['verify']['max_rel_diff'] < 1e-5")" = True ]
+	# The same model without the pass: the same FLOPs, and the same labels.
+	ds-optimize -q --disable-pass layout -o "$T/n.dsm" "$T/resnet-s.dsm"
+	[[ "$(nodes "$T/n.dsm")" != *nchw16c* ]]
+	[ "$(ds-info --format json "$T/r.dsm" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["flops_per_item"])')" = \
+	  "$(ds-info --format json "$T/n.dsm" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["flops_per_item"])')" ]
+	ds-infer -q --model "$T/r.dsm" "$T/d.dst" | cut -d, -f1-3 > "$T/r.out"
+	ds-infer -q --model "$T/n.dsm" "$T/d.dst" | cut -d, -f1-3 > "$T/n.out"
+	cmp "$T/r.out" "$T/n.out"
+	# CUDA models and narrow or pooled layers stay NCHW.
+	ds-optimize -q --target cuda -o "$T/c.dsm" "$T/resnet-s.dsm"
+	[[ "$(nodes "$T/c.dsm")" != *nchw16c* ]]
+	model cnn-small
+	ds-optimize -q -o "$T/s.dsm" "$T/cnn-small.dsm"
+	[[ "$(nodes "$T/s.dsm")" != *nchw16c* ]]
+	# Training starts from the model before ds-optimize.
+	run -3 --separate-stderr ds-train -q --finetune "$T/r.dsm" --data "$T/d.dst" --epochs 1 -o "$T/t.dsm"
+	[[ "$stderr" == *"the blocked layout is for inference"* ]]
 	[ ! -e "$T/t.dsm" ]
 }
 

@@ -31,6 +31,8 @@
 #endif
 
 #define BLK 16
+
+static int force_portable;    /* tests: the portable code even with AVX-512 */
 #define BLOCKED_NV 4          /* vectors of output channels a tile */
 #define BLOCKED_NP 6          /* positions a tile */
 
@@ -78,6 +80,56 @@ void ds_to_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float *y
 	}
 }
 
+#ifdef HAVE_BLOCKED_AVX512
+/* r[k] = row k of a 16 x 16 tile, turned into its columns in place. */
+static inline __attribute__((always_inline, target("avx512f"))) void transpose16(__m512 r[16])
+{
+	__m512 t[16];
+
+	for (int k = 0; k < 16; k += 2) {
+		t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
+		t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
+	}
+	for (int k = 0; k < 16; k += 4) {
+		r[k] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[k]), _mm512_castps_pd(t[k + 2])));
+		r[k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[k]), _mm512_castps_pd(t[k + 2])));
+		r[k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[k + 1]), _mm512_castps_pd(t[k + 3])));
+		r[k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[k + 1]), _mm512_castps_pd(t[k + 3])));
+	}
+	/* Now r[4a + b] holds, in each 128-bit lane m, element b of rows
+	 * 4m' .. of group a: gather the lanes across the four groups. */
+	for (int b = 0; b < 4; b++) {
+		t[b] = _mm512_shuffle_f32x4(r[b], r[4 + b], 0x88);
+		t[4 + b] = _mm512_shuffle_f32x4(r[b], r[4 + b], 0xdd);
+		t[8 + b] = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], 0x88);
+		t[12 + b] = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], 0xdd);
+	}
+	for (int b = 0; b < 4; b++) {
+		r[b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0x88);
+		r[8 + b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0xdd);
+		r[4 + b] = _mm512_shuffle_f32x4(t[4 + b], t[12 + b], 0x88);
+		r[12 + b] = _mm512_shuffle_f32x4(t[4 + b], t[12 + b], 0xdd);
+	}
+}
+
+/* One block's plane back to `lanes` planes, 16 positions a step. */
+static __attribute__((target("avx512f"))) void from_block(int64_t plane, int64_t lanes, const float *src,
+							   float *dst)
+{
+	for (int64_t q0 = 0; q0 < plane; q0 += 16) {
+		const int64_t n = plane - q0 < 16 ? plane - q0 : 16;
+		const __mmask16 m = (__mmask16)((1u << n) - 1);
+		__m512 r[16];
+
+		for (int k = 0; k < 16; k++)
+			r[k] = k < n ? _mm512_loadu_ps(src + (q0 + k) * BLK) : _mm512_setzero_ps();
+		transpose16(r);
+		for (int64_t l = 0; l < lanes; l++)
+			_mm512_mask_storeu_ps(dst + l * plane + q0, m, r[l]);
+	}
+}
+#endif
+
 void ds_from_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float *y)
 {
 	const int64_t cb = blocks_of(c);
@@ -88,6 +140,12 @@ void ds_from_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float 
 		const float *src = x + ij * plane * BLK;
 		float *dst = y + (i * c + j * BLK) * plane;
 
+#ifdef HAVE_BLOCKED_AVX512
+		if (!force_portable && __builtin_cpu_supports("avx512f")) {
+			from_block(plane, lanes, src, dst);
+			continue;
+		}
+#endif
 		for (int64_t l = 0; l < lanes; l++)
 			for (int64_t q = 0; q < plane; q++)
 				dst[l * plane + q] = src[q * BLK + l];
@@ -340,8 +398,6 @@ static void plain_tile(int nv, const struct blocked_call *k, const struct at *a,
 		}
 	}
 }
-
-static int force_portable;
 
 void ds_conv2d_blocked_force_portable(int on)
 {

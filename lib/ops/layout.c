@@ -200,10 +200,21 @@ static int reorder_forward_cpu(const ds_op_args *a, ds_error *err)
 	return 0;
 }
 
+/* What ds-optimize writes is for inference: training a blocked model
+ * starts from the model before ds-optimize. */
+static int refuse_backward(const ds_op_args *a, ds_error *err)
+{
+	(void)a;
+	return ds_error_set(err, DS_ERR_DATA, "inference_only",
+			    "the blocked layout is for inference; train the model before ds-optimize");
+}
+
 const ds_op ds_ops_layout[] = {
 	{ .name = "conv2d_nchw16c", .min_inputs = 2, .max_inputs = 4, .num_outputs = 1, .attrs = conv_attrs,
-	  .infer = bconv_infer, .flops = bconv_flops, .forward = { [DS_BACKEND_CPU] = bconv_forward_cpu } },
+	  .infer = bconv_infer, .flops = bconv_flops, .forward = { [DS_BACKEND_CPU] = bconv_forward_cpu },
+	  .backward = { [DS_BACKEND_CPU] = refuse_backward } },
 	{ .name = "reorder", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = reorder_attrs,
-	  .infer = reorder_infer, .flops = ds_op_flops_zero, .forward = { [DS_BACKEND_CPU] = reorder_forward_cpu } },
+	  .infer = reorder_infer, .flops = ds_op_flops_zero, .forward = { [DS_BACKEND_CPU] = reorder_forward_cpu },
+	  .backward = { [DS_BACKEND_CPU] = refuse_backward } },
 	{ .name = NULL },
 };

@@ -831,6 +831,46 @@ static void test_quant_ops(void)
 	ds_container_free(c);
 }
 
+/* The blocked-layout ops of ds-optimize's layout pass: blocked shapes,
+ * packed filters and padded bias checked, the true channels from the
+ * attributes (FLOPs as conv2d's). */
+static void test_layout_ops(void)
+{
+	ds_container *c = ds_container_new();
+	ds_graph *g;
+
+	add_param(c, "w1", DS_F32, 6, (int64_t[]){ 4, 1, 3, 3, 16, 16 });
+	add_param(c, "w2", DS_F32, 6, (int64_t[]){ 4, 4, 3, 3, 16, 16 });
+	P(c, "b", 64);
+	g = parse_ok("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,3,8,8]}],"
+		     "'nodes':[{'op':'conv2d_nchw16c','name':'c1','inputs':['x','w1','b'],'outputs':['y1'],"
+		     "'attrs':{'stride':2,'padding':1,'in_channels':3,'out_channels':60}},"
+		     "{'op':'conv2d_nchw16c','name':'c2','inputs':['y1','w2','b','y1'],'outputs':['y2'],"
+		     "'attrs':{'padding':1,'activation':'relu','in_channels':60,'out_channels':64}},"
+		     "{'op':'reorder','name':'r','inputs':['y2'],'outputs':['y'],'attrs':{'to':'nchw','channels':64}},"
+		     "{'op':'reorder','name':'b2','inputs':['y'],'outputs':['z'],'attrs':{'to':'nchw16c'}}],"
+		     "'outputs':['y','z']}", c, "layout ops");
+	if (g) {
+		is_str(shape_of(g, "y1"), "[1, 4, 4, 4, 16]", "conv2d_nchw16c: blocked output, stride 2");
+		is_str(shape_of(g, "y"), "[1, 64, 4, 4]", "reorder: back to NCHW with the channels");
+		is_str(shape_of(g, "z"), "[1, 4, 4, 4, 16]", "reorder: to blocked");
+		is_int(ds_graph_flops(g), 2 * 60 * 16 * 3 * 9 + 60 * 16 + 2 * 64 * 16 * 60 * 9 + 2 * 64 * 16,
+		       "conv2d_nchw16c: conv2d's FLOPs on the true channels");
+		ds_graph_free(g);
+	}
+	parse_fails("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,3,8,8]}],"
+		    "'nodes':[{'op':'conv2d_nchw16c','name':'c','inputs':['x','w2'],'outputs':['y'],"
+		    "'attrs':{'in_channels':3,'out_channels':64}}],"
+		    "'outputs':['y']}", c, "shape_mismatch", "not packed", "conv2d_nchw16c with filters for 64 channels");
+	parse_fails("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,3,8,8]}],"
+		    "'nodes':[{'op':'conv2d_nchw16c','name':'c','inputs':['x','w1'],'outputs':['y']}],"
+		    "'outputs':['y']}", c, "bad_attr", "required", "conv2d_nchw16c without its channels");
+	parse_fails("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,3,8,8]}],"
+		    "'nodes':[{'op':'reorder','name':'r','inputs':['x'],'outputs':['y'],'attrs':{'to':'nchw','channels':3}}],"
+		    "'outputs':['y']}", c, "shape_mismatch", "", "reorder to nchw of a plain tensor");
+	ds_container_free(c);
+}
+
 static void test_coverage(void)
 {
 	for (size_t i = 0; i < ds_op_count(); i++)
@@ -853,6 +893,7 @@ int main(void)
 	test_order();
 	test_large();
 	test_quant_ops();
+	test_layout_ops();
 	test_coverage();
 	return done_testing();
 }
