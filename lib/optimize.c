@@ -673,17 +673,19 @@ static int pass_gap_linear(struct pass_ctx *c, ds_error *err)
 
 /* The blocked layout NCHW16c (lib/ops/layout.c) for chains of convolutions
  * on the CPU.  A convolution goes blocked when it has one group and no
- * pool, its output channels fill 4-vector tiles (ceil(O / 16) a multiple of
- * 4), its input is blocked or its stride 2, and a blocked convolution
+ * pool, its output channels fill tiles of 2 or 4 vectors (ceil(O / 16)
+ * even), its input is blocked or its stride 2, and a blocked convolution
  * feeds it or reads it: alone, the reorders around it would cost what it
- * gains.  Measured alone, 2 threads, blocked
- * against the masked kernel on NCHW (GFLOP/s): 7x7 64 -> 64 300-325 vs 281
- * at batch 64 and 265 vs 208 at batch 1, 3x3 stride 2 295 vs 205, 1x1
- * stride 2 224 vs 143; 16 and 32 output channels lose, and stay NCHW.
- * Filters are packed for the kernel and the bias padded to whole blocks;
- * a blocked output read by anything else (or a graph output) is reordered
- * back under its own name, a plain residual reordered to blocked.  The
- * sums are the same products in another order (rounding). */
+ * gains.  Measured alone, 2 threads, blocked against the masked kernel on
+ * NCHW (GFLOP/s): 7x7 64 -> 64 300-330 vs 280 at batch 64 and 260 vs 208
+ * at batch 1, 14x14 32 -> 32 290-310 vs 283, 3x3 stride 2 300 vs 205
+ * (with a plain input 203 vs 198), 1x1 stride 2 224 vs 143; a stride-1
+ * layer on a plain input loses (240 vs 280), and one vector of output
+ * channels (a load an FMA) loses badly: those stay NCHW.  Filters are
+ * packed for the kernel and the bias padded to whole blocks; a blocked
+ * output read by anything else (or a graph output) is reordered back under
+ * its own name, a plain residual reordered to blocked.  The sums are the
+ * same products in another order (rounding). */
 struct blocked_conv {
 	int on;
 	int64_t c, o;
@@ -704,7 +706,7 @@ static int layout_candidate(const struct pass_ctx *c, const ds_graph *g, const j
 	w = ds_container_get(c->params, ds_edit_input(node, 1));
 	x = ds_graph_shape(g, ds_edit_input(node, 0));
 	if (!w || w->dtype != DS_F32 || w->ndim != 4 || !x || x->ndim != 4 || x->dtype != DS_F32 ||
-	    x->dim[1] != w->shape[1] || (w->shape[0] + 15) / 16 % 4 != 0)
+	    x->dim[1] != w->shape[1] || (w->shape[0] + 15) / 16 % 2 != 0)
 		return 0;
 	*cin = w->shape[1];
 	*cout = w->shape[0];
@@ -974,7 +976,7 @@ static const struct pass passes[] = {
 	{ "gap-linear", 2, pass_gap_linear, "turn a 1x1 convolution of a globally pooled tensor into a linear layer" },
 	{ "fuse-pool", 2, pass_fuse_pool, "pool 2x2 inside the convolution before it" },
 	{ "layout", 2, pass_layout,
-	  "run chains of convolutions of 64 or more output channels in the blocked layout nchw16c (cpu)" },
+	  "run chains of convolutions of 32 or more output channels in the blocked layout nchw16c (cpu)" },
 	{ "dead-nodes", 1, pass_dead_nodes, "remove nodes whose outputs are never read" },
 };
 

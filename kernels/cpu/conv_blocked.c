@@ -9,14 +9,14 @@
  * A tile is 4 vectors of output channels by 6 positions (24 sums in
  * registers through every input channel and tap); per input channel, 4
  * filter loads and 6 broadcasts of input values feed 24 FMAs, and no load
- * crosses a cache line.  A position's taps that fall in the padding read
- * a block of zeros instead of the image, so borders, strides and dilation
- * need no other code.  Fewer than 4 vectors of channels take 2 x 12 or
- * 1 x 24 tiles.  Alone, 64 images, 2 threads (GFLOP/s): 7x7 64 -> 64
- * about 318 against 262 for the masked kernel on NCHW, 14x14 32 -> 64 300
- * against 281; with 16 channels (one vector, a load an FMA) it loses
- * badly, 100 against 265, which is why ds-optimize keeps such layers in
- * NCHW.
+ * crosses a cache line.  Two vectors of channels take 2 x 12 tiles.  A
+ * position's taps that fall in the padding read a block of zeros instead
+ * of the image, so borders, strides and dilation need no other code.
+ * Alone, 64 images, 2 threads (GFLOP/s): 7x7 64 -> 64 300-330 against 280
+ * for the masked kernel on NCHW, 14x14 32 -> 32 290-310 against 283, 3x3
+ * stride 2 300 against 205.  One vector of channels (a load an FMA) loses
+ * badly, 100 against 265: such layers take the portable code here, and
+ * ds-optimize keeps them in NCHW.
  *
  * The input may also be plain NCHW (the first blocked layer of a chain):
  * a block then reads its channels a plane apart, as many as there are.
@@ -33,8 +33,8 @@
 #define BLK 16
 
 static int force_portable;    /* tests: the portable code even with AVX-512 */
-#define BLOCKED_NV 4          /* vectors of output channels a tile */
-#define BLOCKED_NP 6          /* positions a tile */
+#define BLOCKED_NV 4          /* vectors of output channels a tile, at most */
+#define BLOCKED_NP 12         /* positions a tile, at most: 24 / vectors */
 
 static int64_t blocks_of(int64_t c)
 {
@@ -220,7 +220,7 @@ static const float zeros[BLK];
  * inlining, so the sums stay in registers.  The layer's numbers are read
  * into locals: through d, GCC reloaded them and spilled the sums. */
 static inline __attribute__((always_inline, target("avx512f"))) void
-blocked_tile(const int np, const int xb, const struct blocked_call *k, const struct at *a0,
+blocked_tile(const int nv, const int np, const int xb, const struct blocked_call *k, const struct at *a0,
 	     int64_t o0)
 {
 	const ds_conv2d_dims *d = k->d;
@@ -239,7 +239,7 @@ blocked_tile(const int np, const int xb, const struct blocked_call *k, const str
 	{
 		struct at a = *a0;
 
-#pragma GCC unroll 6
+#pragma GCC unroll 12
 		for (int p = 0; p < np; p++) {
 			img[p] = a.img;
 			yo[p] = (a.img * k->ob * out_plane + a.oy * d->ow + a.ox) * BLK;
@@ -249,10 +249,10 @@ blocked_tile(const int np, const int xb, const struct blocked_call *k, const str
 		}
 	}
 #pragma GCC unroll 4
-	for (int v = 0; v < BLOCKED_NV; v++) {
+	for (int v = 0; v < nv; v++) {
 		const __m512 bv = k->b ? _mm512_loadu_ps(k->b + (o0 + v) * BLK) : _mm512_setzero_ps();
 
-#pragma GCC unroll 6
+#pragma GCC unroll 12
 		for (int p = 0; p < np; p++)
 			acc[v][p] = bv;
 	}
@@ -265,7 +265,7 @@ blocked_tile(const int np, const int xb, const struct blocked_call *k, const str
 				const float *xp[BLOCKED_NP];
 				int64_t st[BLOCKED_NP];
 
-#pragma GCC unroll 6
+#pragma GCC unroll 12
 				for (int p = 0; p < np; p++) {
 					const int64_t iy = oy[p] + ki * dh, ix = ox[p] + kj * dw;
 					const int in = (uint64_t)iy < (uint64_t)h && (uint64_t)ix < (uint64_t)w;
@@ -288,14 +288,16 @@ blocked_tile(const int np, const int xb, const struct blocked_call *k, const str
 
 						wv[0] = _mm512_loadu_ps(w0 + ic * BLK);
 						wv[1] = _mm512_loadu_ps(w1 + ic * BLK);
-						wv[2] = _mm512_loadu_ps(w2 + ic * BLK);
-						wv[3] = _mm512_loadu_ps(w3 + ic * BLK);
-#pragma GCC unroll 6
+						if (nv > 2) {
+							wv[2] = _mm512_loadu_ps(w2 + ic * BLK);
+							wv[3] = _mm512_loadu_ps(w3 + ic * BLK);
+						}
+#pragma GCC unroll 12
 						for (int p = 0; p < np; p++) {
 							const __m512 xv = _mm512_set1_ps(xp[p][ic]);
 
 #pragma GCC unroll 4
-							for (int v = 0; v < BLOCKED_NV; v++)
+							for (int v = 0; v < nv; v++)
 								acc[v][p] = _mm512_fmadd_ps(wv[v], xv, acc[v][p]);
 						}
 					}
@@ -307,24 +309,26 @@ blocked_tile(const int np, const int xb, const struct blocked_call *k, const str
 
 						wv[0] = _mm512_loadu_ps(w0 + ic * BLK);
 						wv[1] = _mm512_loadu_ps(w1 + ic * BLK);
-						wv[2] = _mm512_loadu_ps(w2 + ic * BLK);
-						wv[3] = _mm512_loadu_ps(w3 + ic * BLK);
-#pragma GCC unroll 6
+						if (nv > 2) {
+							wv[2] = _mm512_loadu_ps(w2 + ic * BLK);
+							wv[3] = _mm512_loadu_ps(w3 + ic * BLK);
+						}
+#pragma GCC unroll 12
 						for (int p = 0; p < np; p++) {
 							const __m512 xv = _mm512_set1_ps(xp[p][ic * st[p]]);
 
 #pragma GCC unroll 4
-							for (int v = 0; v < BLOCKED_NV; v++)
+							for (int v = 0; v < nv; v++)
 								acc[v][p] = _mm512_fmadd_ps(wv[v], xv, acc[v][p]);
 						}
 					}
 				}
 			}
 	}
-#pragma GCC unroll 6
+#pragma GCC unroll 12
 	for (int p = 0; p < np; p++)
 #pragma GCC unroll 4
-		for (int v = 0; v < BLOCKED_NV; v++) {
+		for (int v = 0; v < nv; v++) {
 			const int64_t off = yo[p] + (o0 + v) * out_plane * BLK;
 			__m512 s = acc[v][p];
 
@@ -340,18 +344,20 @@ blocked_tile(const int np, const int xb, const struct blocked_call *k, const str
 }
 
 /* Each variant a function of its own, blocked input or plain. */
-#define BLOCKED_TILE_FN(NAME, NP)                                                              \
+#define BLOCKED_TILE_FN(NAME, NV, NP)                                                              \
 	static __attribute__((noinline, target("avx512f"))) void NAME(const struct blocked_call *k, \
 								     const struct at *a, int64_t o0) \
 	{                                                                                          \
 		if (k->x_blocked)                                                                  \
-			blocked_tile(NP, 1, k, a, o0);                                             \
+			blocked_tile(NV, NP, 1, k, a, o0);                                         \
 		else                                                                               \
-			blocked_tile(NP, 0, k, a, o0);                                             \
+			blocked_tile(NV, NP, 0, k, a, o0);                                         \
 	}
 
-BLOCKED_TILE_FN(tile_4x6, BLOCKED_NP)
-BLOCKED_TILE_FN(tile_4x1, 1)
+BLOCKED_TILE_FN(tile_4x6, 4, 6)
+BLOCKED_TILE_FN(tile_4x1, 4, 1)
+BLOCKED_TILE_FN(tile_2x12, 2, 12)
+BLOCKED_TILE_FN(tile_2x1, 2, 1)
 #endif
 
 /* The portable form of a tile: one position, nv vectors. */
@@ -422,12 +428,12 @@ static int tile_vectors(int64_t ob)
 static void run_tile(const struct blocked_call *k, int nv, int np, const struct at *a, int64_t o0)
 {
 #ifdef HAVE_BLOCKED_AVX512
-	if (nv == BLOCKED_NV && blocked_cpu_ok()) {
-		if (np == BLOCKED_NP)
-			tile_4x6(k, a, o0);
+	if (nv > 1 && blocked_cpu_ok()) {
+		if (np == 24 / nv)
+			(nv == 4 ? tile_4x6 : tile_2x12)(k, a, o0);
 		else
 			for (struct at b = *a; np-- > 0; at_next(k->d, &b))
-				tile_4x1(k, &b, o0);
+				(nv == 4 ? tile_4x1 : tile_2x1)(k, &b, o0);
 		return;
 	}
 #endif
@@ -440,7 +446,7 @@ void ds_conv2d_blocked_forward(const ds_conv2d_dims *d, int x_blocked, const flo
 {
 	const struct blocked_call k = { .d = d, .x = x, .wp = wp, .b = b, .r = r, .y = y, .x_blocked = x_blocked,
 					.cb = blocks_of(d->c), .ob = blocks_of(d->o) };
-	const int nv = tile_vectors(k.ob), np = nv == BLOCKED_NV ? BLOCKED_NP : 1;
+	const int nv = tile_vectors(k.ob), np = nv > 1 ? 24 / nv : 1;
 	const int64_t positions = d->n * d->oh * d->ow, tiles = (positions + np - 1) / np;
 	const int64_t items = tiles * (k.ob / nv);
 
