@@ -8,7 +8,7 @@
  * 16], both zero past O and C; "in_channels" and "out_channels" say what C
  * and O are.  reorder turns a tensor from one layout to the other ("to":
  * "nchw16c" or "nchw", with "channels" for the plain tensor's C).  Both are
- * inference forms: no backward, CPU only.
+ * inference forms, CPU only: training through them is refused.
  */
 #include "config.h"
 #include "ops.h"
