@@ -754,8 +754,7 @@ static int needs_plain(const struct pass_ctx *c, const struct blocked_conv *bc, 
 
 /* The filters packed, and the bias padded to whole blocks, as parameters
  * of node (inputs 1 and 2). */
-static int layout_params(struct pass_ctx *c, json_t *node, const json_t *attrs, int64_t cin, int64_t cout,
-			 ds_error *err)
+static int layout_params(struct pass_ctx *c, json_t *node, int64_t cin, int64_t cout, ds_error *err)
 {
 	ds_tensor *w = ds_container_get(c->params, ds_edit_input(node, 1)), *wp = NULL, *bp = NULL;
 	const int64_t ob = (cout + 15) / 16, cb = (cin + 15) / 16;
@@ -764,7 +763,6 @@ static int layout_params(struct pass_ctx *c, json_t *node, const json_t *attrs, 
 	char base[300];
 	int rc;
 
-	(void)attrs;
 	if (!(wp = ds_tensor_new(DS_F32, 6, shape, DS_CPU, err)))
 		return DS_ERR_NOMEM;
 	ds_conv2d_blocked_pack(&d, w->data, wp->data);
@@ -864,7 +862,7 @@ static int pass_layout(struct pass_ctx *c, ds_error *err)
 		snprintf(base, sizeof base, "%s.nchw16c", out);
 		if (!(bc[i].out = ds_edit_unique_name(c->graph, c->params, base, err)))
 			goto fail;
-		if ((rc = layout_params(c, node, attrs, bc[i].c, bc[i].o, err)))
+		if ((rc = layout_params(c, node, bc[i].c, bc[i].o, err)))
 			goto fail;
 		if (!(bn = json_pack("{s:s, s:s, s:[], s:[s]}", "op", "conv2d_nchw16c", "name", ds_edit_node_name(node),
 				     "inputs", "outputs", bc[i].out)))
