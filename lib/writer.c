@@ -65,7 +65,11 @@ static json_t *tensor_entry(const ds_tensor *t, uint64_t begin)
 
 /* Data is laid out by decreasing element size, so every tensor starts at a
  * multiple of its element size once the data start is 64-byte aligned: a
- * mapped file can then be used in place. */
+ * mapped file can then be used in place.  Within a size, the tensors of
+ * whole cache lines come first, so that each of them starts on a line:
+ * a kernel's vector loads of a weight then never straddle two (a
+ * classifier's 40-byte bias ahead of them cost fc1 of the reference CNN
+ * half its speed at batch 1). */
 int ds_layout_make(ds_container *c, ds_layout *l, ds_error *err)
 {
 	static const size_t sizes[] = { 8, 4, 2, 1 };
@@ -97,9 +101,10 @@ int ds_layout_make(ds_container *c, ds_layout *l, ds_error *err)
 	rc = layout_checksums(c, l, err);
 	if (rc)
 		goto out;
-	for (size_t s = 0; s < DS_ARRAY_LEN(sizes); s++) {
+	for (size_t s = 0; s < 2 * DS_ARRAY_LEN(sizes); s++) {
 		for (size_t i = 0; i < l->count; i++) {
-			if (ds_dtype_size(l->host[i]->dtype) != sizes[s])
+			if (ds_dtype_size(l->host[i]->dtype) != sizes[s / 2] ||
+			    (ds_tensor_nbytes(l->host[i]) % 64 == 0) != (s % 2 == 0))
 				continue;
 			l->order[k++] = i;
 			begin[i] = at;
