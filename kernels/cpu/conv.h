@@ -196,11 +196,15 @@ void ds_conv2d_masked_s2_forward(const ds_conv2d_dims *d, const float *x, const 
  * 16)][kh][kw][16 in][16 out] (zero past o and c) by ds_conv2d_blocked_pack.
  * Forward takes x blocked, or plain NCHW when x_blocked is 0, and writes y
  * blocked; b has ceil(o / 16) * 16 floats (or NULL), r (or NULL) is shaped
- * like y.  One group, no pool; the epilogue as ds_conv2d_forward_res. */
+ * like y.  One group; the epilogue as ds_conv2d_forward_res, or with
+ * d->pool (and no r) the 2x2 max-pool after it, y then [n][ceil(o /
+ * 16)][oh / 2][ow / 2][16].  ws holds ds_conv2d_blocked_workspace floats
+ * (none without a pool: NULL will do). */
 size_t ds_conv2d_blocked_packed_floats(const ds_conv2d_dims *d);
 void ds_conv2d_blocked_pack(const ds_conv2d_dims *d, const float *w, float *wp);
+size_t ds_conv2d_blocked_workspace(const ds_conv2d_dims *d);
 void ds_conv2d_blocked_forward(const ds_conv2d_dims *d, int x_blocked, const float *x, const float *wp,
-			       const float *b, const float *r, float *y);
+			       const float *b, const float *r, float *y, float *ws);
 /* For tests: 1 takes the portable tiles even where AVX-512 is, 0 back. */
 void ds_conv2d_blocked_force_portable(int on);
 /* n images of c channels of plane positions, NCHW to blocked and back. */

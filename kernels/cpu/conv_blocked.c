@@ -20,6 +20,11 @@
  *
  * The input may also be plain NCHW (the first blocked layer of a chain):
  * a block then reads its channels a plane apart, as many as there are.
+ *
+ * A fused 2x2 max-pool runs the tiles over runs of row pairs into a
+ * scratch that stays in cache and pools from there: the full-size output
+ * is never written.  14x14 32 -> 64 at batch 64, 2 threads: 1,230-1,276
+ * microseconds against 1,458-1,546 for the masked kernel's pooled form.
  */
 #include "config.h"
 #include "cpu/conv.h"
@@ -61,25 +66,6 @@ void ds_conv2d_blocked_pack(const ds_conv2d_dims *d, const float *w, float *wp)
 					}
 }
 
-void ds_to_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float *y)
-{
-	const int64_t cb = blocks_of(c);
-
-#pragma omp parallel for schedule(static) num_threads(ds_kernel_threads()) if (n * cb * plane >= 4096)
-	for (int64_t ij = 0; ij < n * cb; ij++) {
-		const int64_t i = ij / cb, j = ij % cb, lanes = c - j * BLK < BLK ? c - j * BLK : BLK;
-		const float *src = x + (i * c + j * BLK) * plane;
-		float *dst = y + ij * plane * BLK;
-
-		for (int64_t q = 0; q < plane; q++) {
-			for (int64_t l = 0; l < lanes; l++)
-				dst[q * BLK + l] = src[l * plane + q];
-			for (int64_t l = lanes; l < BLK; l++)
-				dst[q * BLK + l] = 0.0f;
-		}
-	}
-}
-
 #ifdef HAVE_BLOCKED_AVX512
 /* r[k] = row k of a 16 x 16 tile, turned into its columns in place. */
 static inline __attribute__((always_inline, target("avx512f"))) void transpose16(__m512 r[16])
@@ -112,6 +98,24 @@ static inline __attribute__((always_inline, target("avx512f"))) void transpose16
 	}
 }
 
+/* `lanes` planes to one block's plane, 16 positions a step; the lanes
+ * past the last channel are zeros. */
+static __attribute__((target("avx512f"))) void to_block(int64_t plane, int64_t lanes, const float *src,
+							 float *dst)
+{
+	for (int64_t q0 = 0; q0 < plane; q0 += 16) {
+		const int64_t n = plane - q0 < 16 ? plane - q0 : 16;
+		const __mmask16 m = (__mmask16)((1u << n) - 1);
+		__m512 r[16];
+
+		for (int l = 0; l < 16; l++)
+			r[l] = l < lanes ? _mm512_maskz_loadu_ps(m, src + l * plane + q0) : _mm512_setzero_ps();
+		transpose16(r);
+		for (int64_t k = 0; k < n; k++)
+			_mm512_storeu_ps(dst + (q0 + k) * BLK, r[k]);
+	}
+}
+
 /* One block's plane back to `lanes` planes, 16 positions a step. */
 static __attribute__((target("avx512f"))) void from_block(int64_t plane, int64_t lanes, const float *src,
 							   float *dst)
@@ -130,6 +134,40 @@ static __attribute__((target("avx512f"))) void from_block(int64_t plane, int64_t
 }
 #endif
 
+static int blocked_cpu_ok(void)
+{
+#ifdef HAVE_BLOCKED_AVX512
+	return !force_portable && __builtin_cpu_supports("avx512f");
+#else
+	return 0;
+#endif
+}
+
+void ds_to_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float *y)
+{
+	const int64_t cb = blocks_of(c);
+
+#pragma omp parallel for schedule(static) num_threads(ds_kernel_threads()) if (n * cb >= 2)
+	for (int64_t ij = 0; ij < n * cb; ij++) {
+		const int64_t i = ij / cb, j = ij % cb, lanes = c - j * BLK < BLK ? c - j * BLK : BLK;
+		const float *src = x + (i * c + j * BLK) * plane;
+		float *dst = y + ij * plane * BLK;
+
+#ifdef HAVE_BLOCKED_AVX512
+		if (blocked_cpu_ok()) {
+			to_block(plane, lanes, src, dst);
+			continue;
+		}
+#endif
+		for (int64_t q = 0; q < plane; q++) {
+			for (int64_t l = 0; l < lanes; l++)
+				dst[q * BLK + l] = src[l * plane + q];
+			for (int64_t l = lanes; l < BLK; l++)
+				dst[q * BLK + l] = 0.0f;
+		}
+	}
+}
+
 void ds_from_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float *y)
 {
 	const int64_t cb = blocks_of(c);
@@ -141,7 +179,7 @@ void ds_from_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float 
 		float *dst = y + (i * c + j * BLK) * plane;
 
 #ifdef HAVE_BLOCKED_AVX512
-		if (!force_portable && __builtin_cpu_supports("avx512f")) {
+		if (blocked_cpu_ok()) {
 			from_block(plane, lanes, src, dst);
 			continue;
 		}
@@ -178,20 +216,22 @@ static void at_of(const ds_conv2d_dims *d, int64_t pos, struct at *a)
 	a->ox = pos % d->ow;
 }
 
-/* What a tile's call shares: the layer, its tensors and the epilogue. */
+/* What a tile's call shares: the layer, its tensors and the epilogue.
+ * Output block o of position a is at y + img * y_img + (oy * ow + ox) *
+ * 16 + o * y_blk - y_base: the blocked output, or a scratch of a run of
+ * positions, block after block, for the pool. */
 struct blocked_call {
 	const ds_conv2d_dims *d;
 	const float *x, *wp, *b, *r;
 	float *y;
+	int64_t y_img, y_blk, y_base;
 	int x_blocked;
 	int64_t cb, ob;
 };
 
 static int64_t y_offset(const struct blocked_call *k, const struct at *a, int64_t o)
 {
-	const ds_conv2d_dims *d = k->d;
-
-	return (((a->img * k->ob + o) * d->oh + a->oy) * d->ow + a->ox) * BLK;
+	return a->img * k->y_img + (a->oy * k->d->ow + a->ox) * BLK + o * k->y_blk - k->y_base;
 }
 
 /* The input of block j at position a's tap (ki, kj), or NULL in the
@@ -228,7 +268,6 @@ blocked_tile(const int nv, const int np, const int xb, const struct blocked_call
 	const int64_t ph = d->ph, pw = d->pw, dh = d->dh, dw = d->dw, cb = k->cb, plane = h * w;
 	const int64_t taps = kh * kw, wob = cb * taps * BLK * BLK;
 	const float *x = k->x, *wp = k->wp, *zp = zeros;
-	const int64_t out_plane = d->oh * d->ow;
 	int64_t img[BLOCKED_NP], oy[BLOCKED_NP], ox[BLOCKED_NP], yo[BLOCKED_NP];
 	__m512 acc[BLOCKED_NV][BLOCKED_NP];
 
@@ -242,7 +281,7 @@ blocked_tile(const int nv, const int np, const int xb, const struct blocked_call
 #pragma GCC unroll 12
 		for (int p = 0; p < np; p++) {
 			img[p] = a.img;
-			yo[p] = (a.img * k->ob * out_plane + a.oy * d->ow + a.ox) * BLK;
+			yo[p] = y_offset(k, &a, o0);
 			oy[p] = a.oy * sh - ph;
 			ox[p] = a.ox * sw - pw;
 			at_next(d, &a);
@@ -329,7 +368,7 @@ blocked_tile(const int nv, const int np, const int xb, const struct blocked_call
 	for (int p = 0; p < np; p++)
 #pragma GCC unroll 4
 		for (int v = 0; v < nv; v++) {
-			const int64_t off = yo[p] + (o0 + v) * out_plane * BLK;
+			const int64_t off = yo[p] + v * k->y_blk;
 			__m512 s = acc[v][p];
 
 			if (k->r)
@@ -410,15 +449,6 @@ void ds_conv2d_blocked_force_portable(int on)
 	force_portable = on;
 }
 
-static int blocked_cpu_ok(void)
-{
-#ifdef HAVE_BLOCKED_AVX512
-	return !force_portable && __builtin_cpu_supports("avx512f");
-#else
-	return 0;
-#endif
-}
-
 /* Vectors of output channels a tile, and its positions. */
 static int tile_vectors(int64_t ob)
 {
@@ -441,17 +471,147 @@ static void run_tile(const struct blocked_call *k, int nv, int np, const struct 
 		plain_tile(nv, k, &b, o0);
 }
 
-void ds_conv2d_blocked_forward(const ds_conv2d_dims *d, int x_blocked, const float *x, const float *wp,
-			       const float *b, const float *r, float *y)
-{
-	const struct blocked_call k = { .d = d, .x = x, .wp = wp, .b = b, .r = r, .y = y, .x_blocked = x_blocked,
-					.cb = blocks_of(d->c), .ob = blocks_of(d->o) };
-	const int nv = tile_vectors(k.ob), np = nv > 1 ? 24 / nv : 1;
-	const int64_t positions = d->n * d->oh * d->ow, tiles = (positions + np - 1) / np;
-	const int64_t items = tiles * (k.ob / nv);
+/* A fused 2x2 max-pool: a thread takes runs of the pooled rows' pairs of
+ * convolution rows, runs the tiles over them into a scratch that stays in
+ * its cache, and pools from there.  A pair is the unit (the last of an
+ * image takes an odd row too, computed and dropped), so a run's positions
+ * are contiguous; a tile may run past a run's end into the scratch's
+ * slack rather than split into single positions. */
+#define POOL_RUN 256          /* positions a run, at most (or one unit) */
 
-	if (positions <= 0)
+static int64_t pool_run_cap(const ds_conv2d_dims *d)
+{
+	return (POOL_RUN > 3 * d->ow ? POOL_RUN : 3 * d->ow) + BLOCKED_NP;
+}
+
+size_t ds_conv2d_blocked_workspace(const ds_conv2d_dims *d)
+{
+	if (!d->pool)
+		return 0;
+	return (size_t)ds_kernel_threads() * (size_t)(pool_run_cap(d) * blocks_of(d->o) * BLK);
+}
+
+/* First position of unit u (pair u % ph of image u / ph), and of the next. */
+static int64_t unit_start(const ds_conv2d_dims *d, int64_t ph, int64_t u)
+{
+	return u / ph * d->oh * d->ow + u % ph * 2 * d->ow;
+}
+
+static int64_t unit_end(const ds_conv2d_dims *d, int64_t ph, int64_t u)
+{
+	return u % ph == ph - 1 ? (u / ph + 1) * d->oh * d->ow : unit_start(d, ph, u) + 2 * d->ow;
+}
+
+#ifdef HAVE_BLOCKED_AVX512
+/* pw outputs from two rows of 2 pw positions, a vector of channels each. */
+static __attribute__((target("avx512f"))) void pool_row(const float *top, const float *bot, int64_t pw,
+							 float *out)
+{
+	for (int64_t px = 0; px < pw; px++) {
+		const float *t = top + 2 * px * BLK, *b = bot + 2 * px * BLK;
+
+		_mm512_storeu_ps(out + px * BLK,
+				 _mm512_max_ps(_mm512_max_ps(_mm512_loadu_ps(t), _mm512_loadu_ps(t + BLK)),
+					       _mm512_max_ps(_mm512_loadu_ps(b), _mm512_loadu_ps(b + BLK))));
+	}
+}
+#endif
+
+/* Pooled rows of units [u0, u1), blocks [o0, o0 + nv), from the scratch
+ * whose first position is pos0. */
+static void pool_units(const struct blocked_call *k, int64_t ph, int64_t u0, int64_t u1, int nv, int64_t o0,
+		       const float *scratch, int64_t cap, int64_t pos0, float *y)
+{
+	const ds_conv2d_dims *d = k->d;
+	const int64_t pw = d->ow / 2;
+
+	for (int64_t u = u0; u < u1; u++)
+		for (int v = 0; v < nv; v++) {
+			const float *top = scratch + (v * cap + unit_start(d, ph, u) - pos0) * BLK;
+			const float *bot = top + d->ow * BLK;
+			float *out = y + (((u / ph * k->ob + o0 + v) * ph + u % ph) * pw) * BLK;
+
+#ifdef HAVE_BLOCKED_AVX512
+			if (blocked_cpu_ok()) {
+				pool_row(top, bot, pw, out);
+				continue;
+			}
+#endif
+			for (int64_t px = 0; px < pw; px++)
+				for (int l = 0; l < BLK; l++) {
+					const float *t = top + 2 * px * BLK + l, *b = bot + 2 * px * BLK + l;
+					float m0 = t[0] > t[BLK] ? t[0] : t[BLK], m1 = b[0] > b[BLK] ? b[0] : b[BLK];
+
+					out[px * BLK + l] = m0 > m1 ? m0 : m1;
+				}
+		}
+}
+
+static void pooled_forward(const struct blocked_call *call, int nv, float *ws)
+{
+	const ds_conv2d_dims *d = call->d;
+	const int64_t ph = d->oh / 2, units = d->n * ph, groups = call->ob / nv, cap = pool_run_cap(d);
+	const int64_t positions = d->n * d->oh * d->ow;
+	const int np = nv > 1 ? 24 / nv : 1;
+
+#pragma omp parallel num_threads(ds_kernel_threads())
+	{
+		const int64_t t = ds_team_thread(), nt = ds_team_size();
+		const int64_t it0 = groups * units * t / nt, it1 = groups * units * (t + 1) / nt;
+		float *scratch = ws + (size_t)ds_kernel_slice() * (size_t)(cap * call->ob * BLK);
+		struct blocked_call k = *call;
+
+		k.y = scratch;
+		k.y_img = d->oh * d->ow * BLK;
+		k.y_blk = cap * BLK;
+		/* Runs of units of one group of blocks: (group, unit) pairs
+		 * in group-major order, so threads split a small batch's few
+		 * units by blocks too. */
+		for (int64_t it = it0; it < it1;) {
+			const int64_t g = it / units, u0 = it % units, pos0 = unit_start(d, ph, u0);
+			int64_t u1 = u0 + 1, pos1;
+
+			while (u1 < units && it + (u1 - u0) < it1 && unit_end(d, ph, u1) - pos0 <= cap - BLOCKED_NP)
+				u1++;
+			pos1 = unit_end(d, ph, u1 - 1);
+			k.y_base = pos0 * BLK + g * nv * k.y_blk;
+			for (int64_t pos = pos0; pos < pos1;) {
+				struct at a;
+				const int here = positions - pos < np ? (int)(positions - pos) : np;
+
+				at_of(d, pos, &a);
+				run_tile(&k, nv, here, &a, g * nv);
+				pos += here;
+			}
+			pool_units(call, ph, u0, u1, nv, g * nv, scratch, cap, pos0, call->y);
+			it += u1 - u0;
+		}
+	}
+}
+
+void ds_conv2d_blocked_forward(const ds_conv2d_dims *d, int x_blocked, const float *x, const float *wp,
+			       const float *b, const float *r, float *y, float *ws)
+{
+	const struct blocked_call k = { .d = d, .x = x, .wp = wp, .b = b, .r = r, .y = y,
+					.y_img = blocks_of(d->o) * d->oh * d->ow * BLK, .y_blk = d->oh * d->ow * BLK,
+					.x_blocked = x_blocked, .cb = blocks_of(d->c), .ob = blocks_of(d->o) };
+	int nv = tile_vectors(k.ob), np;
+	int64_t positions, tiles, items;
+
+	if (d->n * d->oh * d->ow <= 0)
 		return;
+	if (d->pool) {
+		/* Too few units for the threads: two vectors a tile, twice the
+		 * groups to share. */
+		if (nv == 4 && k.ob / 4 * d->n * (d->oh / 2) < 4 * ds_kernel_threads())
+			nv = 2;
+		pooled_forward(&k, nv, ws);
+		return;
+	}
+	np = nv > 1 ? 24 / nv : 1;
+	positions = d->n * d->oh * d->ow;
+	tiles = (positions + np - 1) / np;
+	items = tiles * (k.ob / nv);
 	/* Contiguous ranges of (vector group, tile): a thread steps through
 	 * its positions rather than dividing for each tile. */
 #pragma omp parallel num_threads(ds_kernel_threads())

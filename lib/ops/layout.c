@@ -2,8 +2,9 @@
  * which ds-optimize's layout pass writes for the CPU: a blocked tensor is
  * [N, ceil(C / 16), H, W, 16], the channels past C zero.
  *
- * conv2d_nchw16c is conv2d with one group and no pool whose output is
- * blocked; its input is blocked or plain NCHW, its filters packed
+ * conv2d_nchw16c is conv2d with one group whose output is blocked (with
+ * conv2d's "pool": "max_2x2", the 2x2 max-pool after the ReLU, as
+ * ds-optimize fuses it); its input is blocked or plain NCHW, its filters packed
  * [ceil(O / 16), ceil(C / 16), KH, KW, 16, 16] and its bias [ceil(O / 16) *
  * 16], both zero past O and C; "in_channels" and "out_channels" say what C
  * and O are.  reorder turns a tensor from one layout to the other ("to":
@@ -20,8 +21,9 @@
 
 #define BLK 16
 
-static const char *const conv_attrs[] = { "stride", "padding", "dilation", "activation", "in_channels",
+static const char *const conv_attrs[] = { "stride", "padding", "dilation", "activation", "pool", "in_channels",
 					  "out_channels", NULL };
+static const char *const pool_kinds[] = { "none", "max_2x2", NULL };
 static const char *const reorder_attrs[] = { "to", "channels", NULL };
 static const char *const layouts[] = { "nchw", "nchw16c", NULL };
 
@@ -32,7 +34,7 @@ static int64_t blocks_of(int64_t c)
 
 struct bconv {
 	int64_t stride[2], pad[2], dil[2], c, o;
-	int act;
+	int act, pool;
 };
 
 static int bconv_params(const ds_node *node, struct bconv *p, ds_error *err)
@@ -43,11 +45,15 @@ static int bconv_params(const ds_node *node, struct bconv *p, ds_error *err)
 	    (rc = ds_op_attr_pair(node, "padding", 0, 0, p->pad, err)) ||
 	    (rc = ds_op_attr_pair(node, "dilation", 1, 1, p->dil, err)) ||
 	    (rc = ds_op_epilogue(node, &p->act, err)) ||
+	    (rc = ds_op_attr_choice(node, "pool", pool_kinds, 0, &p->pool, err)) ||
 	    (rc = ds_op_attr_int(node, "in_channels", -1, 1, DS_OP_ATTR_MAX, &p->c, err)) ||
 	    (rc = ds_op_attr_int(node, "out_channels", -1, 1, DS_OP_ATTR_MAX, &p->o, err)))
 		return rc;
 	if (p->c < 1 || p->o < 1)
 		return ds_error_set(err, DS_ERR_DATA, "bad_attr", "attributes 'in_channels' and 'out_channels' are required");
+	/* The kernel pools after ReLU or ReLU6; others would come after. */
+	if (p->pool && p->act && p->act != 1 + DS_CPU_RELU && p->act != 1 + DS_CPU_RELU6)
+		return ds_error_set(err, DS_ERR_DATA, "bad_attr", "attribute 'pool': takes no activation but relu or relu6");
 	return 0;
 }
 
@@ -83,6 +89,17 @@ static int bconv_infer(const ds_node *node, const ds_shape *in, int n_in, ds_sha
 	    (rc = ds_op_window_out(node, "width", x->dim[3], w->dim[3], p.stride[1], p.pad[1], p.dil[1], 0, &ow,
 				   err)))
 		return rc;
+	if (p.pool) {
+		if (n_in > 3)
+			return ds_error_set(err, DS_ERR_DATA, "bad_attr",
+					    "attribute 'pool': a convolution with a residual input takes no pool");
+		if (oh < 2 || ow < 2)
+			return ds_error_set(err, DS_ERR_DATA, "shape_mismatch",
+					    "attribute 'pool': output %" PRId64 "x%" PRId64 " is smaller than the 2x2 window",
+					    oh, ow);
+		oh /= 2;
+		ow /= 2;
+	}
 	out[0] = (ds_shape){ .dtype = DS_F32, .ndim = 5, .dim = { x->dim[0], blocks_of(p.o), oh, ow, BLK } };
 	if (n_in > 3 && (in[3].ndim != 5 || memcmp(in[3].dim, out[0].dim, sizeof out[0].dim[0] * 5) ||
 			 in[3].dtype != DS_F32)) {
@@ -95,12 +112,18 @@ static int bconv_infer(const ds_node *node, const ds_shape *in, int n_in, ds_sha
 	return 0;
 }
 
-static void bconv_dims(const struct bconv *p, const int64_t *x, const int64_t *w, const int64_t *y,
-		       ds_conv2d_dims *d)
+/* The convolution's own grid: the window over x. */
+static int64_t bconv_grid(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil)
+{
+	return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+}
+
+static void bconv_dims(const struct bconv *p, const int64_t *x, const int64_t *w, ds_conv2d_dims *d)
 {
 	*d = (ds_conv2d_dims){
 		.n = x[0], .c = p->c, .h = x[2], .w = x[3], .o = p->o, .kh = w[2], .kw = w[3],
-		.oh = y[2], .ow = y[3], .sh = p->stride[0], .sw = p->stride[1], .ph = p->pad[0], .pw = p->pad[1],
+		.oh = bconv_grid(x[2], w[2], p->stride[0], p->pad[0], p->dil[0]),
+		.ow = bconv_grid(x[3], w[3], p->stride[1], p->pad[1], p->dil[1]), .pool = p->pool, .sh = p->stride[0], .sw = p->stride[1], .ph = p->pad[0], .pw = p->pad[1],
 		.dh = p->dil[0], .dw = p->dil[1], .groups = 1,
 		.relu = p->act == 1 + DS_CPU_RELU || p->act == 1 + DS_CPU_RELU6,
 		.cap = p->act == 1 + DS_CPU_RELU6 ? 6.0f : 0.0f,
@@ -111,12 +134,16 @@ static void bconv_dims(const struct bconv *p, const int64_t *x, const int64_t *w
 static int64_t bconv_flops(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out)
 {
 	struct bconv p;
-	int64_t outs, f;
+	ds_conv2d_dims d;
+	int64_t outs, pooled = 0, f;
 
 	if (bconv_params(node, &p, NULL))
 		return 0;
-	outs = ds_op_sat_mul(ds_op_sat_mul(out[0].dim[0], p.o), ds_op_sat_mul(out[0].dim[2], out[0].dim[3]));
-	f = ds_op_sat_mul(ds_op_sat_mul(outs, ds_op_sat_mul(p.c, ds_op_sat_mul(in[1].dim[2], in[1].dim[3]))), 2);
+	bconv_dims(&p, in[0].dim, in[1].dim, &d);
+	outs = ds_op_sat_mul(ds_op_sat_mul(d.n, d.o), ds_op_sat_mul(d.oh, d.ow));
+	if (p.pool)
+		pooled = ds_op_sat_mul(ds_op_sat_mul(ds_op_sat_mul(d.n, d.o), ds_op_sat_mul(out[0].dim[2], out[0].dim[3])), 4);
+	f = ds_op_sat_add(ds_op_sat_mul(ds_op_sat_mul(outs, ds_op_sat_mul(p.c, ds_op_sat_mul(d.kh, d.kw))), 2), pooled);
 	if (n_in > 3)
 		f = ds_op_sat_add(f, outs);
 	return n_in > 2 ? ds_op_sat_add(f, outs) : f;
@@ -130,16 +157,30 @@ static int bconv_forward_cpu(const ds_op_args *a, ds_error *err)
 
 	if ((rc = bconv_params(a->node, &p, err)))
 		return rc;
-	bconv_dims(&p, a->in[0]->shape, a->in[1]->shape, a->out[0]->shape, &d);
+	bconv_dims(&p, a->in[0]->shape, a->in[1]->shape, &d);
 	ds_conv2d_blocked_forward(&d, a->in[0]->ndim == 5, a->in[0]->data, a->in[1]->data,
 				  a->n_in > 2 ? a->in[2]->data : NULL, a->n_in > 3 ? a->in[3]->data : NULL,
-				  a->out[0]->data);
+				  a->out[0]->data, a->workspace);
 	/* ReLU and ReLU6 are in the kernel; others after, on every lane (the
 	 * padding channels' values are never read as channels). */
 	if (p.act && !d.relu)
 		ds_cpu_act_forward((ds_cpu_act)(p.act - 1), 0.0f, a->out[0]->data, a->out[0]->data,
 				   ds_tensor_numel(a->out[0]));
 	return 0;
+}
+
+/* The pool's scratch: a run of convolution rows a thread. */
+static size_t bconv_workspace(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out)
+{
+	struct bconv p;
+	ds_conv2d_dims d;
+
+	(void)n_in;
+	(void)out;
+	if (bconv_params(node, &p, NULL))
+		return 0;
+	bconv_dims(&p, in[0].dim, in[1].dim, &d);
+	return ds_conv2d_blocked_workspace(&d) * sizeof(float);
 }
 
 struct reorder {
@@ -211,7 +252,7 @@ static int refuse_backward(const ds_op_args *a, ds_error *err)
 
 const ds_op ds_ops_layout[] = {
 	{ .name = "conv2d_nchw16c", .min_inputs = 2, .max_inputs = 4, .num_outputs = 1, .attrs = conv_attrs,
-	  .infer = bconv_infer, .flops = bconv_flops, .forward = { [DS_BACKEND_CPU] = bconv_forward_cpu },
+	  .infer = bconv_infer, .flops = bconv_flops, .workspace = bconv_workspace, .forward = { [DS_BACKEND_CPU] = bconv_forward_cpu },
 	  .backward = { [DS_BACKEND_CPU] = refuse_backward } },
 	{ .name = "reorder", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = reorder_attrs,
 	  .infer = reorder_infer, .flops = ds_op_flops_zero, .forward = { [DS_BACKEND_CPU] = reorder_forward_cpu },

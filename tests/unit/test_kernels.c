@@ -864,27 +864,34 @@ static void linear_fixed_case(int64_t in, int64_t out)
  * blocked or plain (a chain's first layer, channels a plane apart),
  * channels not a multiple of 16 on either side, every tile shape (4, 2
  * and 1 vectors of channels), positions running across images, stride,
- * padding, dilation, 1x1 and 5x5 filters, the residual with ReLU6; the
+ * padding, dilation, 1x1 and 5x5 filters, the residual with ReLU6, the
+ * fused 2x2 max-pool (odd sizes, runs of row pairs across images); the
  * padding channels of the output stay zero. */
 static void conv_blocked_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k, int64_t pad,
-			      int64_t stride, int64_t dil, int bias, int act, int res, int x_blocked)
+			      int64_t stride, int64_t dil, int bias, int act, int res, int x_blocked, int pool)
 {
 	ds_conv2d_dims d = {
 		.n = n, .c = c, .h = h, .w = w, .o = o, .kh = k, .kw = k, .sh = stride, .sw = stride, .ph = pad,
 		.pw = pad, .dh = dil, .dw = dil, .groups = 1, .relu = act > 0, .cap = act == 2 ? 6.0f : 0.0f,
+		.pool = pool,
 	};
 	ds_conv2d_dims plain;
 	const int64_t cb = (c + 15) / 16, ob = (o + 15) / 16;
-	int64_t yn, bn, pads = 0;
-	float *x, *xb, *wt, *wp, *b, *bp, *r, *rb, *y, *yb, *ref;
+	int64_t yn, bn, ch, cw, pads = 0;
+	float *x, *xb, *wt, *wp, *b, *bp, *r, *rb, *y, *yb, *ref, *ws;
 
-	d.oh = (h + 2 * pad - dil * (k - 1) - 1) / stride + 1;
-	d.ow = (w + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+	ch = d.oh = (h + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+	cw = d.ow = (w + 2 * pad - dil * (k - 1) - 1) / stride + 1;
 	plain = d;
 	plain.relu = 0;
 	plain.cap = 0.0f;
-	yn = n * o * d.oh * d.ow;
-	bn = n * ob * 16 * d.oh * d.ow;
+	plain.pool = 0;
+	if (pool) {
+		ch /= 2;
+		cw /= 2;
+	}
+	yn = n * o * ch * cw;
+	bn = n * ob * 16 * ch * cw;
 	x = randv(n * c * h * w);
 	xb = randv(n * cb * 16 * h * w);
 	wt = randv(o * c * k * k);
@@ -895,26 +902,40 @@ static void conv_blocked_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_
 	rb = randv(bn);
 	yb = randv(bn);
 	y = randv(yn);
-	ref = randv(yn);
+	ref = randv(n * o * d.oh * d.ow);
+	ws = randv((int64_t)ds_conv2d_blocked_workspace(&d) + 1);
 	ds_conv2d_blocked_pack(&d, wt, wp);
 	if (b)
 		memcpy(bp, b, (size_t)o * sizeof *bp);
 	if (r)
 		ds_to_blocked(n, o, d.oh * d.ow, r, rb);
 	ds_to_blocked(n, c, h * w, x, xb);
-	ds_conv2d_blocked_forward(&d, x_blocked, x_blocked ? xb : x, wp, b ? bp : NULL, r ? rb : NULL, yb);
-	ds_from_blocked(n, o, d.oh * d.ow, yb, y);
+	ds_conv2d_blocked_forward(&d, x_blocked, x_blocked ? xb : x, wp, b ? bp : NULL, r ? rb : NULL, yb, ws);
+	ds_from_blocked(n, o, ch * cw, yb, y);
 	ds_conv2d_forward_ref(&plain, x, wt, b, ref);
-	ref_epilogue(ref, r, yn, act);
+	ref_epilogue(ref, r, n * o * d.oh * d.ow, act);
+	if (pool)
+		for (int64_t i = 0; i < n * o; i++)
+			for (int64_t py = 0; py < ch; py++)
+				for (int64_t px = 0; px < cw; px++) {
+					const float *q = ref + (i * d.oh + 2 * py) * d.ow + 2 * px;
+					float m = q[0];
+
+					m = q[1] > m ? q[1] : m;
+					m = q[d.ow] > m ? q[d.ow] : m;
+					m = q[d.ow + 1] > m ? q[d.ow + 1] : m;
+					/* In place: row i * ch + py is behind the rows read. */
+					ref[(i * ch + py) * cw + px] = m;
+				}
 	for (int64_t i = 0; i < n * ob; i++)
-		for (int64_t q = 0; q < d.oh * d.ow; q++)
+		for (int64_t q = 0; q < ch * cw; q++)
 			for (int64_t l = o - i % ob * 16; l < 16; l++)
-				pads += l >= 0 && yb[(i * d.oh * d.ow + q) * 16 + l] != 0.0f;
+				pads += l >= 0 && yb[(i * ch * cw + q) * 16 + l] != 0.0f;
 	ok(max_err(y, ref, yn, sqrt((double)(c * k * k))) < 1e-5 && pads == 0,
-	   "blocked conv n%lld c%lld %lldx%lld o%lld k%lld p%lld s%lld d%lld%s%s%s, %s input%s", (long long)n,
+	   "blocked conv n%lld c%lld %lldx%lld o%lld k%lld p%lld s%lld d%lld%s%s%s%s, %s input%s", (long long)n,
 	   (long long)c, (long long)h, (long long)w, (long long)o, (long long)k, (long long)pad, (long long)stride,
 	   (long long)dil, bias ? " bias" : "", act == 2 ? " relu6" : act ? " relu" : "", res ? " residual" : "",
-	   x_blocked ? "blocked" : "plain", blocked_portable ? ", portable" : "");
+	   pool ? " pool" : "", x_blocked ? "blocked" : "plain", blocked_portable ? ", portable" : "");
 	free(x);
 	free(xb);
 	free(wt);
@@ -926,6 +947,7 @@ static void conv_blocked_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_
 	free(y);
 	free(yb);
 	free(ref);
+	free(ws);
 }
 
 static void test_conv_blocked(void)
@@ -939,18 +961,24 @@ static void test_conv_blocked(void)
 	free(x);
 	free(xb);
 	free(back);
-	conv_blocked_case(5, 64, 7, 7, 64, 3, 1, 1, 1, 1, 1, 1, 1);      /* resnet-s layer3 */
-	conv_blocked_case(3, 32, 14, 14, 64, 3, 1, 2, 1, 1, 1, 0, 0);    /* its stride-2 entry, plain */
-	conv_blocked_case(3, 32, 14, 14, 64, 1, 0, 2, 1, 1, 0, 1, 0);    /* downsample */
-	conv_blocked_case(2, 64, 4, 4, 128, 3, 1, 1, 1, 1, 2, 1, 1);
-	conv_blocked_case(2, 1, 28, 28, 64, 3, 1, 1, 1, 1, 1, 0, 0);     /* a first layer */
-	conv_blocked_case(3, 20, 9, 11, 40, 3, 1, 1, 1, 1, 0, 0, 1);     /* 3 blocks out: 1 x 24 tiles */
-	conv_blocked_case(3, 20, 9, 11, 40, 3, 1, 1, 1, 0, 0, 0, 0);
-	conv_blocked_case(2, 35, 8, 6, 32, 5, 2, 1, 1, 1, 2, 1, 1);      /* 2 x 12 tiles */
-	conv_blocked_case(2, 16, 10, 10, 16, 3, 2, 1, 2, 1, 1, 0, 1);    /* dilation */
-	conv_blocked_case(3, 8, 5, 5, 70, 3, 0, 1, 1, 1, 1, 1, 0);       /* no padding */
-	conv_blocked_case(4, 24, 1, 1, 64, 3, 1, 1, 1, 1, 1, 0, 1);      /* one pixel */
-	conv_blocked_case(1, 3, 13, 17, 64, 3, 1, 2, 1, 1, 0, 0, 0);
+	conv_blocked_case(5, 64, 7, 7, 64, 3, 1, 1, 1, 1, 1, 1, 1, 0);      /* resnet-s layer3 */
+	conv_blocked_case(3, 32, 14, 14, 64, 3, 1, 2, 1, 1, 1, 0, 0, 0);    /* its stride-2 entry, plain */
+	conv_blocked_case(3, 32, 14, 14, 64, 1, 0, 2, 1, 1, 0, 1, 0, 0);    /* downsample */
+	conv_blocked_case(2, 64, 4, 4, 128, 3, 1, 1, 1, 1, 2, 1, 1, 0);
+	conv_blocked_case(2, 1, 28, 28, 64, 3, 1, 1, 1, 1, 1, 0, 0, 0);     /* a first layer */
+	conv_blocked_case(3, 20, 9, 11, 40, 3, 1, 1, 1, 1, 0, 0, 1, 0);     /* 3 blocks out: 1 x 24 tiles */
+	conv_blocked_case(3, 20, 9, 11, 40, 3, 1, 1, 1, 0, 0, 0, 0, 0);
+	conv_blocked_case(2, 35, 8, 6, 32, 5, 2, 1, 1, 1, 2, 1, 1, 0);      /* 2 x 12 tiles */
+	conv_blocked_case(2, 16, 10, 10, 16, 3, 2, 1, 2, 1, 1, 0, 1, 0);    /* dilation */
+	conv_blocked_case(3, 8, 5, 5, 70, 3, 0, 1, 1, 1, 1, 1, 0, 0);       /* no padding */
+	conv_blocked_case(4, 24, 1, 1, 64, 3, 1, 1, 1, 1, 1, 0, 1, 0);      /* one pixel */
+	conv_blocked_case(1, 3, 13, 17, 64, 3, 1, 2, 1, 1, 0, 0, 0, 0);
+	conv_blocked_case(5, 32, 14, 14, 64, 3, 1, 1, 1, 1, 1, 0, 1, 1);  /* the CNNs' conv2 */
+	conv_blocked_case(1, 32, 14, 14, 64, 3, 1, 1, 1, 1, 1, 0, 1, 1);  /* one image: 2 x 12 tiles */
+	conv_blocked_case(3, 20, 7, 9, 40, 3, 1, 1, 1, 0, 0, 0, 0, 1);    /* odd rows and columns */
+	conv_blocked_case(4, 32, 9, 7, 64, 3, 1, 1, 1, 1, 1, 0, 1, 1);    /* the same, 4 x 6 tiles */
+	conv_blocked_case(9, 16, 30, 30, 32, 3, 1, 1, 1, 1, 1, 0, 1, 1);  /* runs of many images */
+	conv_blocked_case(2, 16, 6, 6, 64, 3, 0, 1, 1, 1, 2, 0, 1, 1);    /* relu6, 4x4 */
 }
 
 static void test_linear_fixed(void)
