@@ -672,22 +672,32 @@ static int pass_gap_linear(struct pass_ctx *c, ds_error *err)
 }
 
 /* The blocked layout NCHW16c (lib/ops/layout.c) for chains of convolutions
- * on the CPU.  A convolution goes blocked when it has one group and no
- * pool, its output channels fill tiles of 2 or 4 vectors (ceil(O / 16)
- * even), its input is blocked or its stride 2, and a blocked convolution
- * feeds it or reads it: alone, the reorders around it would cost what it
- * gains.  Measured alone, 2 threads, blocked against the masked kernel on
- * NCHW (GFLOP/s): 7x7 64 -> 64 300-330 vs 280 at batch 64 and 260 vs 208
- * at batch 1, 14x14 32 -> 32 290-310 vs 283, 3x3 stride 2 300 vs 205
- * (with a plain input 203 vs 198), 1x1 stride 2 224 vs 143; a stride-1
- * layer on a plain input loses (240 vs 280), and one vector of output
- * channels (a load an FMA) loses badly: those stay NCHW.  Filters are
- * packed for the kernel and the bias padded to whole blocks; a blocked
- * output read by anything else (or a graph output) is reordered back under
- * its own name, a plain residual reordered to blocked.  The sums are the
- * same products in another order (rounding). */
+ * on the CPU.  A convolution goes blocked when it has one group, its
+ * output channels fill tiles of 2 or 4 vectors (ceil(O / 16) even), its
+ * input is blocked or its stride 2, and a blocked convolution feeds it or
+ * reads it: alone, the reorders around it would cost what it gains.
+ * Measured alone, 2 threads, blocked against the masked kernel on NCHW
+ * (GFLOP/s): 7x7 64 -> 64 300-330 vs 280 at batch 64 and 260 vs 208 at
+ * batch 1, 14x14 32 -> 32 290-310 vs 283, 3x3 stride 2 300 vs 205 (with a
+ * plain input 203 vs 198), 1x1 stride 2 224 vs 143; a stride-1 layer
+ * reading a plain input in place loses (240 vs 280), and one vector of
+ * output channels (a load an FMA) loses badly: those stay NCHW.
+ *
+ * A stride-1 layer of 3x3 or wider filters with 4 vectors of output
+ * channels goes blocked even alone, its plain input reordered first: the
+ * 4 x 6 tiles on a blocked input gain more than both reorders cost.  At
+ * batch 64 (microseconds, reorder included): 14x14 32 -> 64 1,272 vs
+ * 1,425, pooled 1,288-1,304 vs 1,458-1,546; 7x7 64 -> 64 658 vs 828.  With
+ * 2 vectors it is a tie (14x14 32 -> 32 726 vs 717), and 1x1 filters lose
+ * (28x28 16 -> 64 625 vs 574).
+ *
+ * Filters are packed for the kernel and the bias padded to whole blocks; a
+ * blocked output read by anything else (or a graph output) is reordered
+ * back under its own name, a plain residual reordered to blocked.  The
+ * sums are the same products in another order (rounding). */
 struct blocked_conv {
 	int on;
+	int reorder_in;              /* its plain input reordered first */
 	int64_t c, o;
 	char *out;                   /* the blocked output's name */
 };
@@ -699,8 +709,8 @@ static int layout_candidate(const struct pass_ctx *c, const ds_graph *g, const j
 	const ds_shape *x;
 	ds_tensor *w;
 
-	if (strcmp(ds_edit_node_op(node), "conv2d") != 0 || json_object_get(attrs, "pool") ||
-	    !ds_edit_pair_is(attrs, "groups", 1, 1) || ds_edit_input_count(node) < 2 ||
+	if (strcmp(ds_edit_node_op(node), "conv2d") != 0 || !ds_edit_pair_is(attrs, "groups", 1, 1) ||
+	    ds_edit_input_count(node) < 2 ||
 	    json_array_size(json_object_get(node, "outputs")) != 1)
 		return 0;
 	w = ds_container_get(c->params, ds_edit_input(node, 1));
@@ -748,6 +758,99 @@ static int needs_plain(const struct pass_ctx *c, const struct blocked_conv *bc, 
 		for (size_t k = 0; k < ds_edit_input_count(node); k++)
 			if (!strcmp(ds_edit_input(node, k), value) && !(reads_blocked(c, bc, i, value) && (k == 0 || k == 3)))
 				return 1;
+	}
+	return 0;
+}
+
+/* Is value read only by flattens (from axis 1) whose outputs only linear
+ * layers read, as their input, with F32 weights of o * plane columns?  A
+ * blocked value read so needs no reorder back: the weights' columns can
+ * follow the blocked order instead. */
+static int flattened_into_linear(const struct pass_ctx *c, const char *value, int64_t o, int64_t plane)
+{
+	size_t n = ds_edit_node_count(c->graph), found = 0;
+
+	if (ds_edit_is_output(c->graph, value))
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		const json_t *node = ds_edit_node(c->graph, i), *axis;
+		const char *fo;
+
+		for (size_t k = 0; k < ds_edit_input_count(node); k++)
+			if (!strcmp(ds_edit_input(node, k), value) &&
+			    (k || strcmp(ds_edit_node_op(node), "flatten") != 0))
+				return 0;
+		if (strcmp(ds_edit_input(node, 0) ? ds_edit_input(node, 0) : "", value) != 0)
+			continue;
+		axis = json_object_get(json_object_get(node, "attrs"), "axis");
+		fo = ds_edit_output(node, 0);
+		if ((axis && (!json_is_integer(axis) || json_integer_value(axis) != 1)) || !fo ||
+		    ds_edit_is_output(c->graph, fo))
+			return 0;
+		for (size_t j = 0; j < n; j++) {
+			const json_t *lin = ds_edit_node(c->graph, j);
+			ds_tensor *w;
+
+			for (size_t k = 0; k < ds_edit_input_count(lin); k++)
+				if (!strcmp(ds_edit_input(lin, k), fo) &&
+				    (k || strcmp(ds_edit_node_op(lin), "linear") != 0 ||
+				     !(w = ds_container_get(c->params, ds_edit_input(lin, 1))) || w->dtype != DS_F32 ||
+				     w->ndim != 2 || w->shape[1] != o * plane))
+					return 0;
+		}
+		found++;
+	}
+	return found > 0;
+}
+
+/* The flattens of value read blocked instead, and their linear layers'
+ * weight columns permuted to match: plain column c * plane + q is blocked
+ * column ((c / 16) * plane + q) * 16 + c % 16, the padding channels' columns
+ * zero. */
+static int flatten_blocked(struct pass_ctx *c, const char *value, const char *blocked, int64_t o, int64_t plane,
+			   ds_error *err)
+{
+	const int64_t cols = (o + 15) / 16 * 16 * plane;
+	int rc;
+
+	for (size_t i = 0; i < ds_edit_node_count(c->graph); i++) {
+		json_t *node = ds_edit_node(c->graph, i);
+		const char *fo;
+
+		if (ds_edit_input_count(node) < 1 || strcmp(ds_edit_input(node, 0), value) != 0)
+			continue;
+		if (json_array_set_new(json_object_get(node, "inputs"), 0, json_string(blocked)))
+			return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+		fo = ds_edit_output(node, 0);
+		for (size_t j = 0; j < ds_edit_node_count(c->graph); j++) {
+			json_t *lin = ds_edit_node(c->graph, j);
+			ds_tensor *w, *wb;
+			char base[300];
+
+			if (ds_edit_input_count(lin) < 2 || strcmp(ds_edit_input(lin, 0), fo) != 0)
+				continue;
+			w = ds_container_get(c->params, ds_edit_input(lin, 1));
+			{
+				const int64_t shape[2] = { w->shape[0], cols };
+
+				if (!(wb = ds_tensor_new(DS_F32, 2, shape, DS_CPU, err)))
+					return DS_ERR_NOMEM;
+			}
+			memset(wb->data, 0, (size_t)(w->shape[0] * cols) * sizeof(float));
+			for (int64_t r = 0; r < w->shape[0]; r++)
+				for (int64_t ch = 0; ch < o; ch++)
+					for (int64_t q = 0; q < plane; q++)
+						((float *)wb->data)[r * cols + (ch / 16 * plane + q) * 16 + ch % 16] =
+							((const float *)w->data)[(r * o + ch) * plane + q];
+			snprintf(base, sizeof base, "%s.nchw16c", ds_edit_input(lin, 1));
+			rc = set_param(c, lin, 1, base, wb, err);
+			ds_tensor_unref(wb);
+			if (rc)
+				return rc;
+			if ((rc = note(c, err, "layout: linear '%s' reads '%s' blocked, its weight columns reordered",
+				       ds_edit_node_name(lin), fo)))
+				return rc;
+		}
 	}
 	return 0;
 }
@@ -818,16 +921,22 @@ static int pass_layout(struct pass_ctx *c, ds_error *err)
 	if (!(bc = calloc(n, sizeof *bc)) || !(nodes = json_array()))
 		goto nomem;
 	/* Blocked where the input is (the nodes are in topological order), or
-	 * at stride 2, where even a plain input wins; a stride-1 layer on a
-	 * plain input is slower than the masked kernel (252 against 281). */
+	 * at stride 2, where even a plain input wins, or with a reorder ahead
+	 * where 4 x 6 tiles of 3x3 filters pay for it. */
 	for (size_t i = 0; i < n; i++) {
 		json_t *node = ds_edit_node(c->graph, i);
+		const int s1 = ds_edit_pair_is(json_object_get(node, "attrs"), "stride", 1, 1);
+		ds_tensor *w;
 
-		bc[i].on = layout_candidate(c, g, node, &bc[i].c, &bc[i].o) &&
-			   (!ds_edit_pair_is(json_object_get(node, "attrs"), "stride", 1, 1) ||
-			    blocked_producer(c, bc, ds_edit_input(node, 0)) >= 0);
+		if (!layout_candidate(c, g, node, &bc[i].c, &bc[i].o))
+			continue;
+		w = ds_container_get(c->params, ds_edit_input(node, 1));
+		bc[i].on = !s1 || blocked_producer(c, bc, ds_edit_input(node, 0)) >= 0;
+		if (!bc[i].on && (bc[i].o + 15) / 16 % 4 == 0 && w->shape[2] * w->shape[3] >= 9)
+			bc[i].on = bc[i].reorder_in = 1;
 	}
-	/* Only chains: a candidate fed by a candidate or feeding one. */
+	/* Only chains: a candidate fed by a candidate or feeding one, or one
+	 * that pays for its reorders alone. */
 	{
 		char *chained = calloc(n, 1);
 
@@ -838,6 +947,7 @@ static int pass_layout(struct pass_ctx *c, ds_error *err)
 
 			if (!bc[i].on)
 				continue;
+			chained[i] |= (char)bc[i].reorder_in;
 			for (size_t k = 0; k < ds_edit_input_count(node); k++) {
 				ssize_t p = k == 0 || k == 3 ? blocked_producer(c, bc, ds_edit_input(node, k)) : -1;
 
@@ -874,6 +984,28 @@ static int pass_layout(struct pass_ctx *c, ds_error *err)
 
 			if (p >= 0) {
 				v = bc[p].out;
+			} else if (k == 0 && bc[i].reorder_in) {
+				json_t *r;
+				char *rv;
+
+				snprintf(name, sizeof name, "%s.input_nchw16c", ds_edit_node_name(node));
+				if (!(rv = ds_edit_unique_name(c->graph, c->params, name, err))) {
+					json_decref(bn);
+					goto fail;
+				}
+				r = reorder_node(name, v, rv, 1, 0);
+				rc = !r || json_array_append_new(nodes, r) || json_array_append_new(ins, json_string(rv));
+				free(rv);
+				if (rc) {
+					json_decref(bn);
+					goto nomem;
+				}
+				if ((rc = note(c, err, "layout: reorder '%s' to nchw16c for '%s'", v,
+					       ds_edit_node_name(node)))) {
+					json_decref(bn);
+					goto fail;
+				}
+				continue;
 			} else if (k == 3) {
 				/* A plain residual: blocked for the epilogue. */
 				json_t *r;
@@ -905,7 +1037,7 @@ static int pass_layout(struct pass_ctx *c, ds_error *err)
 		}
 		{
 			json_t *na = json_object();
-			static const char *const keep[] = { "stride", "padding", "dilation", "activation" };
+			static const char *const keep[] = { "stride", "padding", "dilation", "activation", "pool" };
 
 			if (!na || json_object_set_new(bn, "attrs", na)) {
 				json_decref(bn);
@@ -923,10 +1055,19 @@ static int pass_layout(struct pass_ctx *c, ds_error *err)
 				goto nomem;
 		}
 		if ((rc = note(c, err, "layout: conv2d '%s' in nchw16c, %s input", ds_edit_node_name(node),
-			       blocked_producer(c, bc, ds_edit_input(node, 0)) >= 0 ? "blocked" : "plain")))
+			       blocked_producer(c, bc, ds_edit_input(node, 0)) >= 0 || bc[i].reorder_in ? "blocked"
+												      : "plain")))
 			goto fail;
 		if (needs_plain(c, bc, out)) {
+			const ds_shape *ys = ds_graph_shape(g, out);
+			const int64_t plane = ys && ys->ndim == 4 ? ys->dim[2] * ys->dim[3] : 0;
 			json_t *r;
+
+			if (plane > 0 && flattened_into_linear(c, out, bc[i].o, plane)) {
+				if ((rc = flatten_blocked(c, out, bc[i].out, bc[i].o, plane, err)))
+					goto fail;
+				continue;
+			}
 
 			snprintf(name, sizeof name, "%s.to_nchw", ds_edit_node_name(node));
 			if (!(r = reorder_node(name, bc[i].out, out, 0, bc[i].o)) || json_array_append_new(nodes, r))

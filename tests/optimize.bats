@@ -66,10 +66,11 @@ nodes() {
 
 @test "activations are fused into the layers; the fused model is for inference only" {
 	model cnn-small
-	ds-optimize -q -o "$T/o.dsm" "$T/cnn-small.dsm"
+	# (the layout pass aside: it has a test of its own)
+	ds-optimize -q --disable-pass layout -o "$T/o.dsm" "$T/cnn-small.dsm"
 	# ReLUs into the convolutions and fc1, then the pools into the convolutions.
 	[ "$(nodes "$T/o.dsm")" = "conv2d flatten linear" ]
-	run -0 ds-optimize --disable-pass fuse-pool -q -o "$T/np.dsm" "$T/cnn-small.dsm"
+	run -0 ds-optimize --disable-pass fuse-pool,layout -q -o "$T/np.dsm" "$T/cnn-small.dsm"
 	[ "$(nodes "$T/np.dsm")" = "conv2d flatten linear max_pool" ]
 	run -3 --separate-stderr ds-train -q --finetune "$T/o.dsm" --data "$T/d.dst" --epochs 1 -o "$T/t.dsm"
 	[[ "$stderr" == *"a fused activation is for inference"* ]]
@@ -119,16 +120,37 @@ nodes() {
 	ds-infer -q --model "$T/r.dsm" "$T/d.dst" | cut -d, -f1-3 > "$T/r.out"
 	ds-infer -q --model "$T/n.dsm" "$T/d.dst" | cut -d, -f1-3 > "$T/n.out"
 	cmp "$T/r.out" "$T/n.out"
-	# CUDA models and narrow or pooled layers stay NCHW.
+	# CUDA models stay NCHW.
 	ds-optimize -q --target cuda -o "$T/c.dsm" "$T/resnet-s.dsm"
 	[[ "$(nodes "$T/c.dsm")" != *nchw16c* ]]
-	model cnn-small
-	ds-optimize -q -o "$T/s.dsm" "$T/cnn-small.dsm"
-	[[ "$(nodes "$T/s.dsm")" != *nchw16c* ]]
 	# Training starts from the model before ds-optimize.
 	run -3 --separate-stderr ds-train -q --finetune "$T/r.dsm" --data "$T/d.dst" --epochs 1 -o "$T/t.dsm"
 	[[ "$stderr" == *"the blocked layout is for inference"* ]]
 	[ ! -e "$T/t.dsm" ]
+}
+
+@test "layout: a pooled 3x3 layer of 64 channels goes blocked alone, flattened into the linear layer" {
+	model cnn-small
+	run -0 --separate-stderr ds-optimize --verify 16 --format json -o "$T/s.dsm" "$T/cnn-small.dsm"
+	echo "$stderr" > "$T/s.json"
+	json_eval "$T/s.json" "[r['rewrite'] for r in d['rewrites']]" > "$T/log"
+	# conv1 (32 channels) stays NCHW; conv2 keeps its pool, its input
+	# reordered; fc1 takes the blocked output, with no reorder back.
+	grep -q "layout: reorder 'pool1' to nchw16c for 'conv2'" "$T/log"
+	grep -q "layout: conv2d 'conv2' in nchw16c, blocked input" "$T/log"
+	grep -q "layout: linear 'fc1' reads 'flatten' blocked, its weight columns reordered" "$T/log"
+	! grep -q "conv1' in nchw16c" "$T/log"
+	! grep -q "back to nchw" "$T/log"
+	[ "$(json_eval "$T/s.json" "d['verify']['max_rel_diff'] < 1e-5")" = True ]
+	[ "$(nodes "$T/s.dsm")" = "conv2d conv2d_nchw16c flatten linear reorder" ]
+	ds-optimize -q --disable-pass layout -o "$T/n.dsm" "$T/cnn-small.dsm"
+	[ "$(ds-info --format json "$T/s.dsm" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["flops_per_item"])')" = \
+	  "$(ds-info --format json "$T/n.dsm" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["flops_per_item"])')" ]
+	for b in 1 7 64; do
+		ds-infer -q --batch $b --model "$T/s.dsm" "$T/d.dst" | cut -d, -f1-3 > "$T/s.out"
+		ds-infer -q --batch $b --model "$T/n.dsm" "$T/d.dst" | cut -d, -f1-3 > "$T/n.out"
+		cmp "$T/s.out" "$T/n.out"
+	done
 }
 
 @test "levels, --disable-pass and --dry-run" {
@@ -154,7 +176,7 @@ nodes() {
 	model cnn-small
 	ds-optimize -q -o - < "$T/cnn-small.dsm" > "$T/p.dsm"
 	ds-optimize -q --verify 4 -o "$T/p2.dsm" - < "$T/p.dsm"
-	[ "$(nodes "$T/p.dsm")" = "conv2d flatten linear" ]
+	[ "$(nodes "$T/p.dsm")" = "conv2d conv2d_nchw16c flatten linear reorder" ]
 }
 
 @test "bad input and bad options write nothing" {
