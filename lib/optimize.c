@@ -693,7 +693,9 @@ static int pass_gap_linear(struct pass_ctx *c, ds_error *err)
  *
  * Filters are packed for the kernel and the bias padded to whole blocks; a
  * blocked output read by anything else (or a graph output) is reordered
- * back under its own name, a plain residual reordered to blocked.  The
+ * back under its own name, except where flattens into linear layers or
+ * global average pools read it: those read it blocked.  A plain residual
+ * is reordered to blocked.  The
  * sums are the same products in another order (rounding). */
 struct blocked_conv {
 	int on;
@@ -851,6 +853,46 @@ static int flatten_blocked(struct pass_ctx *c, const char *value, const char *bl
 				       ds_edit_node_name(lin), fo)))
 				return rc;
 		}
+	}
+	return 0;
+}
+
+/* Is value read only by global average pools?  They can read it blocked
+ * (global_avg_pool_nchw16c), with no reorder back. */
+static int pooled_globally(const struct pass_ctx *c, const char *value)
+{
+	size_t found = 0;
+
+	if (ds_edit_is_output(c->graph, value))
+		return 0;
+	for (size_t i = 0; i < ds_edit_node_count(c->graph); i++) {
+		const json_t *node = ds_edit_node(c->graph, i);
+
+		for (size_t k = 0; k < ds_edit_input_count(node); k++)
+			if (!strcmp(ds_edit_input(node, k), value)) {
+				if (k || strcmp(ds_edit_node_op(node), "global_avg_pool") != 0)
+					return 0;
+				found++;
+			}
+	}
+	return found > 0;
+}
+
+static int pool_blocked(struct pass_ctx *c, const char *value, const char *blocked, int64_t o, ds_error *err)
+{
+	for (size_t i = 0; i < ds_edit_node_count(c->graph); i++) {
+		json_t *node = ds_edit_node(c->graph, i);
+		int rc;
+
+		if (ds_edit_input_count(node) < 1 || strcmp(ds_edit_input(node, 0), value) != 0)
+			continue;
+		if (json_object_set_new(node, "op", json_string("global_avg_pool_nchw16c")) ||
+		    json_array_set_new(json_object_get(node, "inputs"), 0, json_string(blocked)) ||
+		    json_object_set_new(node, "attrs", json_pack("{s:I}", "channels", (json_int_t)o)))
+			return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+		if ((rc = note(c, err, "layout: global_avg_pool '%s' reads '%s' blocked", ds_edit_node_name(node),
+			       value)))
+			return rc;
 	}
 	return 0;
 }
@@ -1065,6 +1107,11 @@ static int pass_layout(struct pass_ctx *c, ds_error *err)
 
 			if (plane > 0 && flattened_into_linear(c, out, bc[i].o, plane)) {
 				if ((rc = flatten_blocked(c, out, bc[i].out, bc[i].o, plane, err)))
+					goto fail;
+				continue;
+			}
+			if (pooled_globally(c, out)) {
+				if ((rc = pool_blocked(c, out, bc[i].out, bc[i].o, err)))
 					goto fail;
 				continue;
 			}

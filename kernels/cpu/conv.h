@@ -210,6 +210,8 @@ void ds_conv2d_blocked_force_portable(int on);
 /* n images of c channels of plane positions, NCHW to blocked and back. */
 void ds_to_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float *y);
 void ds_from_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float *y);
+/* The mean of each channel over its plane, from blocked to [n][c]. */
+void ds_global_avg_pool_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float *y);
 
 /* conv_dw3.c: 3x3 depthwise convolutions with one filter a channel,
  * padding 1, stride 2 or stride 1 on planes of up to 4096 outputs, a plane

@@ -168,6 +168,27 @@ void ds_to_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float *y
 	}
 }
 
+void ds_global_avg_pool_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float *y)
+{
+	const int64_t cb = blocks_of(c);
+	const float scale = plane > 0 ? 1.0f / (float)plane : 0.0f;
+
+#pragma omp parallel for schedule(static) num_threads(ds_kernel_threads()) if (n * cb >= 2)
+	for (int64_t ij = 0; ij < n * cb; ij++) {
+		const int64_t i = ij / cb, j = ij % cb, lanes = c - j * BLK < BLK ? c - j * BLK : BLK;
+		const float *src = x + ij * plane * BLK;
+		float s[BLK] = { 0 };
+
+		/* Each lane summed in position order, as the NCHW pool sums a
+		 * plane: the same floats. */
+		for (int64_t q = 0; q < plane; q++)
+			for (int l = 0; l < BLK; l++)
+				s[l] += src[q * BLK + l];
+		for (int64_t l = 0; l < lanes; l++)
+			y[i * c + j * BLK + l] = s[l] * scale;
+	}
+}
+
 void ds_from_blocked(int64_t n, int64_t c, int64_t plane, const float *x, float *y)
 {
 	const int64_t cb = blocks_of(c);

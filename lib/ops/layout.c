@@ -8,8 +8,10 @@
  * [ceil(O / 16), ceil(C / 16), KH, KW, 16, 16] and its bias [ceil(O / 16) *
  * 16], both zero past O and C; "in_channels" and "out_channels" say what C
  * and O are.  reorder turns a tensor from one layout to the other ("to":
- * "nchw16c" or "nchw", with "channels" for the plain tensor's C).  Both are
- * inference forms, CPU only: training through them is refused.
+ * "nchw16c" or "nchw", with "channels" for the plain tensor's C), and
+ * global_avg_pool_nchw16c is global_avg_pool reading a blocked tensor (the
+ * same sums in the same order) into [N, C, 1, 1].  All are inference
+ * forms, CPU only: training through them is refused.
  */
 #include "config.h"
 #include "ops.h"
@@ -25,6 +27,7 @@ static const char *const conv_attrs[] = { "stride", "padding", "dilation", "acti
 					  "out_channels", NULL };
 static const char *const pool_kinds[] = { "none", "max_2x2", NULL };
 static const char *const reorder_attrs[] = { "to", "channels", NULL };
+static const char *const bgap_attrs[] = { "channels", NULL };
 static const char *const layouts[] = { "nchw", "nchw16c", NULL };
 
 static int64_t blocks_of(int64_t c)
@@ -241,6 +244,44 @@ static int reorder_forward_cpu(const ds_op_args *a, ds_error *err)
 	return 0;
 }
 
+/* [N, CB, H, W, 16] -> [N, C, 1, 1]: global_avg_pool read blocked. */
+static int bgap_infer(const ds_node *node, const ds_shape *in, int n_in, ds_shape *out, ds_error *err)
+{
+	struct reorder p;
+	char xs[128];
+	int rc;
+
+	(void)n_in;
+	if ((rc = ds_op_attr_int(node, "channels", -1, 1, DS_OP_ATTR_MAX, &p.channels, err)) ||
+	    (rc = ds_op_check_ndim(node, in, 0, 5, 5, err)))
+		return rc;
+	if (p.channels < 1)
+		return ds_error_set(err, DS_ERR_DATA, "bad_attr", "attribute 'channels' is required");
+	ds_op_shape_text(&in[0], xs, sizeof xs);
+	if (in[0].dtype != DS_F32 || in[0].dim[1] != blocks_of(p.channels) || in[0].dim[4] != BLK)
+		return ds_error_set(err, DS_ERR_DATA, "shape_mismatch", "input '%s' %s is not F32 in blocks of 16 for %"
+				    PRId64 " channels", ds_node_input(node, 0), xs, p.channels);
+	out[0] = (ds_shape){ .dtype = DS_F32, .ndim = 4, .dim = { in[0].dim[0], p.channels, 1, 1 } };
+	return 0;
+}
+
+/* As global_avg_pool counts: an add per input on the true channels. */
+static int64_t bgap_flops(const ds_node *node, const ds_shape *in, int n_in, const ds_shape *out)
+{
+	(void)node;
+	(void)n_in;
+	return ds_op_sat_mul(ds_op_numel(&out[0]), ds_op_sat_mul(in[0].dim[2], in[0].dim[3]));
+}
+
+static int bgap_forward_cpu(const ds_op_args *a, ds_error *err)
+{
+	const int64_t *s = a->in[0]->shape;
+
+	(void)err;
+	ds_global_avg_pool_blocked(s[0], a->out[0]->shape[1], s[2] * s[3], a->in[0]->data, a->out[0]->data);
+	return 0;
+}
+
 /* What ds-optimize writes is for inference: training a blocked model
  * starts from the model before ds-optimize. */
 static int refuse_backward(const ds_op_args *a, ds_error *err)
@@ -257,5 +298,8 @@ const ds_op ds_ops_layout[] = {
 	{ .name = "reorder", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1, .attrs = reorder_attrs,
 	  .infer = reorder_infer, .flops = ds_op_flops_zero, .forward = { [DS_BACKEND_CPU] = reorder_forward_cpu },
 	  .backward = { [DS_BACKEND_CPU] = refuse_backward } },
+	{ .name = "global_avg_pool_nchw16c", .min_inputs = 1, .max_inputs = 1, .num_outputs = 1,
+	  .attrs = bgap_attrs, .infer = bgap_infer, .flops = bgap_flops,
+	  .forward = { [DS_BACKEND_CPU] = bgap_forward_cpu }, .backward = { [DS_BACKEND_CPU] = refuse_backward } },
 	{ .name = NULL },
 };

@@ -848,16 +848,30 @@ static void test_layout_ops(void)
 		     "{'op':'conv2d_nchw16c','name':'c2','inputs':['y1','w2','b','y1'],'outputs':['y2'],"
 		     "'attrs':{'padding':1,'activation':'relu','in_channels':60,'out_channels':64}},"
 		     "{'op':'reorder','name':'r','inputs':['y2'],'outputs':['y'],'attrs':{'to':'nchw','channels':64}},"
-		     "{'op':'reorder','name':'b2','inputs':['y'],'outputs':['z'],'attrs':{'to':'nchw16c'}}],"
-		     "'outputs':['y','z']}", c, "layout ops");
+		     "{'op':'reorder','name':'b2','inputs':['y'],'outputs':['z'],'attrs':{'to':'nchw16c'}},"
+		     "{'op':'conv2d_nchw16c','name':'c3','inputs':['z','w2','b'],'outputs':['p'],"
+		     "'attrs':{'padding':1,'activation':'relu','pool':'max_2x2','in_channels':64,'out_channels':64}},"
+		     "{'op':'global_avg_pool_nchw16c','name':'g','inputs':['y2'],'outputs':['m'],'attrs':{'channels':60}}],"
+		     "'outputs':['y','z','p','m']}", c, "layout ops");
 	if (g) {
 		is_str(shape_of(g, "y1"), "[1, 4, 4, 4, 16]", "conv2d_nchw16c: blocked output, stride 2");
 		is_str(shape_of(g, "y"), "[1, 64, 4, 4]", "reorder: back to NCHW with the channels");
 		is_str(shape_of(g, "z"), "[1, 4, 4, 4, 16]", "reorder: to blocked");
-		is_int(ds_graph_flops(g), 2 * 60 * 16 * 3 * 9 + 60 * 16 + 2 * 64 * 16 * 60 * 9 + 2 * 64 * 16,
-		       "conv2d_nchw16c: conv2d's FLOPs on the true channels");
+		is_str(shape_of(g, "p"), "[1, 4, 2, 2, 16]", "conv2d_nchw16c: a fused pool halves the grid");
+		is_str(shape_of(g, "m"), "[1, 60, 1, 1]", "global_avg_pool_nchw16c: the true channels, plain");
+		is_int(ds_graph_flops(g), 2 * 60 * 16 * 3 * 9 + 60 * 16 + 2 * 64 * 16 * 60 * 9 + 2 * 64 * 16 +
+						  2 * 64 * 16 * 64 * 9 + 64 * 16 + 4 * 64 * 4 + 60 * 16,
+		       "conv2d_nchw16c and the pool: conv2d's FLOPs on the true channels");
 		ds_graph_free(g);
 	}
+	parse_fails("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,3,8,8]}],"
+		    "'nodes':[{'op':'global_avg_pool_nchw16c','name':'g','inputs':['x'],'outputs':['y'],"
+		    "'attrs':{'channels':3}}],'outputs':['y']}", c, "shape_mismatch", "expected 5 dims",
+		    "global_avg_pool_nchw16c of a plain tensor");
+	parse_fails("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,3,8,8]}],"
+		    "'nodes':[{'op':'conv2d_nchw16c','name':'c','inputs':['x','w1','b','x'],'outputs':['y'],"
+		    "'attrs':{'padding':1,'pool':'max_2x2','in_channels':3,'out_channels':60}}],"
+		    "'outputs':['y']}", c, "bad_attr", "takes no pool", "conv2d_nchw16c: a pool with a residual");
 	parse_fails("{'inputs':[{'name':'x','dtype':'F32','shape':[-1,3,8,8]}],"
 		    "'nodes':[{'op':'conv2d_nchw16c','name':'c','inputs':['x','w2'],'outputs':['y'],"
 		    "'attrs':{'in_channels':3,'out_channels':64}}],"

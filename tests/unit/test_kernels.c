@@ -958,6 +958,14 @@ static void test_conv_blocked(void)
 	ds_from_blocked(3, 21, 10, xb, back);
 	ok(!memcmp(x, back, 3 * 21 * 10 * sizeof *x) && xb[(1 * 10 + 3) * 16 + 5] == 0.0f &&
 	   xb[(0 * 10 + 3) * 16 + 5] == x[5 * 10 + 3], "blocked layout: there and back, padding channels zero");
+	{
+		float gb[3 * 21], gp[3 * 21];
+
+		/* The blocked global pool: the plain pool's floats exactly. */
+		ds_global_avg_pool_blocked(3, 21, 10, xb, gb);
+		ds_global_avg_pool_forward(3 * 21, 10, x, gp);
+		ok(!memcmp(gb, gp, sizeof gb), "blocked global average pool: the plain pool's floats");
+	}
 	free(x);
 	free(xb);
 	free(back);
