@@ -947,6 +947,26 @@ static json_t *reorder_node(const char *name, const char *in, const char *out, i
 	return n;
 }
 
+/* A reorder of the plain value v to blocked, named after node, appended to
+ * nodes and its output to ins. */
+static int reorder_to_blocked(struct pass_ctx *c, json_t *nodes, json_t *ins, const json_t *node, const char *v,
+			      const char *suffix, const char *why, ds_error *err)
+{
+	char name[300], *rv;
+	json_t *r;
+	int bad;
+
+	snprintf(name, sizeof name, "%s.%s", ds_edit_node_name(node), suffix);
+	if (!(rv = ds_edit_unique_name(c->graph, c->params, name, err)))
+		return DS_ERR_NOMEM;
+	r = reorder_node(name, v, rv, 1, 0);
+	bad = !r || json_array_append_new(nodes, r) || json_array_append_new(ins, json_string(rv));
+	free(rv);
+	if (bad)
+		return ds_error_set(err, DS_ERR_NOMEM, "out_of_memory", "out of memory");
+	return note(c, err, "layout: reorder '%s' to nchw16c for %s'%s'", v, why, ds_edit_node_name(node));
+}
+
 static int pass_layout(struct pass_ctx *c, ds_error *err)
 {
 	const size_t n = ds_edit_node_count(c->graph);
@@ -1026,47 +1046,11 @@ static int pass_layout(struct pass_ctx *c, ds_error *err)
 
 			if (p >= 0) {
 				v = bc[p].out;
-			} else if (k == 0 && bc[i].reorder_in) {
-				json_t *r;
-				char *rv;
-
-				snprintf(name, sizeof name, "%s.input_nchw16c", ds_edit_node_name(node));
-				if (!(rv = ds_edit_unique_name(c->graph, c->params, name, err))) {
-					json_decref(bn);
-					goto fail;
-				}
-				r = reorder_node(name, v, rv, 1, 0);
-				rc = !r || json_array_append_new(nodes, r) || json_array_append_new(ins, json_string(rv));
-				free(rv);
-				if (rc) {
-					json_decref(bn);
-					goto nomem;
-				}
-				if ((rc = note(c, err, "layout: reorder '%s' to nchw16c for '%s'", v,
-					       ds_edit_node_name(node)))) {
-					json_decref(bn);
-					goto fail;
-				}
-				continue;
-			} else if (k == 3) {
-				/* A plain residual: blocked for the epilogue. */
-				json_t *r;
-				char *rv;
-
-				snprintf(name, sizeof name, "%s.residual_nchw16c", ds_edit_node_name(node));
-				if (!(rv = ds_edit_unique_name(c->graph, c->params, name, err))) {
-					json_decref(bn);
-					goto fail;
-				}
-				r = reorder_node(name, v, rv, 1, 0);
-				rc = !r || json_array_append_new(nodes, r) || json_array_append_new(ins, json_string(rv));
-				free(rv);
-				if (rc) {
-					json_decref(bn);
-					goto nomem;
-				}
-				if ((rc = note(c, err, "layout: reorder '%s' to nchw16c for the residual of '%s'",
-					       ds_edit_input(node, 3), ds_edit_node_name(node)))) {
+			} else if ((k == 0 && bc[i].reorder_in) || k == 3) {
+				/* A plain input or residual: blocked first. */
+				if ((rc = reorder_to_blocked(c, nodes, ins, node, v,
+							     k ? "residual_nchw16c" : "input_nchw16c",
+							     k ? "the residual of " : "", err))) {
 					json_decref(bn);
 					goto fail;
 				}
