@@ -695,8 +695,8 @@ static int pass_gap_linear(struct pass_ctx *c, ds_error *err)
  * blocked output read by anything else (or a graph output) is reordered
  * back under its own name, except where flattens into linear layers or
  * global average pools read it: those read it blocked.  A plain residual
- * is reordered to blocked.  The
- * sums are the same products in another order (rounding). */
+ * is reordered to blocked.  The sums are the same products in another
+ * order (rounding). */
 struct blocked_conv {
 	int on;
 	int reorder_in;              /* its plain input reordered first */

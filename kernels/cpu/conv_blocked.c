@@ -539,9 +539,9 @@ static __attribute__((target("avx512f"))) void pool_row(const float *top, const 
 #endif
 
 /* Pooled rows of units [u0, u1), blocks [o0, o0 + nv), from the scratch
- * whose first position is pos0. */
+ * whose first position is pos0, into k->y. */
 static void pool_units(const struct blocked_call *k, int64_t ph, int64_t u0, int64_t u1, int nv, int64_t o0,
-		       const float *scratch, int64_t cap, int64_t pos0, float *y)
+		       const float *scratch, int64_t cap, int64_t pos0)
 {
 	const ds_conv2d_dims *d = k->d;
 	const int64_t pw = d->ow / 2;
@@ -550,7 +550,7 @@ static void pool_units(const struct blocked_call *k, int64_t ph, int64_t u0, int
 		for (int v = 0; v < nv; v++) {
 			const float *top = scratch + (v * cap + unit_start(d, ph, u) - pos0) * BLK;
 			const float *bot = top + d->ow * BLK;
-			float *out = y + (((u / ph * k->ob + o0 + v) * ph + u % ph) * pw) * BLK;
+			float *out = k->y + (((u / ph * k->ob + o0 + v) * ph + u % ph) * pw) * BLK;
 
 #ifdef HAVE_BLOCKED_AVX512
 			if (blocked_cpu_ok()) {
@@ -604,7 +604,7 @@ static void pooled_forward(const struct blocked_call *call, int nv, float *ws)
 				run_tile(&k, nv, here, &a, g * nv);
 				pos += here;
 			}
-			pool_units(call, ph, u0, u1, nv, g * nv, scratch, cap, pos0, call->y);
+			pool_units(call, ph, u0, u1, nv, g * nv, scratch, cap, pos0);
 			it += u1 - u0;
 		}
 	}

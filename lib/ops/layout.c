@@ -115,18 +115,18 @@ static int bconv_infer(const ds_node *node, const ds_shape *in, int n_in, ds_sha
 	return 0;
 }
 
-/* The convolution's own grid: the window over x. */
-static int64_t bconv_grid(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil)
+/* The kernel's view: the convolution's own grid (the window over x,
+ * which shape inference has checked), pooled after when p->pool. */
+static void bconv_dims(const ds_node *node, const struct bconv *p, const int64_t *x, const int64_t *w,
+		       ds_conv2d_dims *d)
 {
-	return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
-}
+	int64_t oh = 0, ow = 0;
 
-static void bconv_dims(const struct bconv *p, const int64_t *x, const int64_t *w, ds_conv2d_dims *d)
-{
+	ds_op_window_out(node, "height", x[2], w[2], p->stride[0], p->pad[0], p->dil[0], 0, &oh, NULL);
+	ds_op_window_out(node, "width", x[3], w[3], p->stride[1], p->pad[1], p->dil[1], 0, &ow, NULL);
 	*d = (ds_conv2d_dims){
-		.n = x[0], .c = p->c, .h = x[2], .w = x[3], .o = p->o, .kh = w[2], .kw = w[3],
-		.oh = bconv_grid(x[2], w[2], p->stride[0], p->pad[0], p->dil[0]),
-		.ow = bconv_grid(x[3], w[3], p->stride[1], p->pad[1], p->dil[1]), .pool = p->pool, .sh = p->stride[0], .sw = p->stride[1], .ph = p->pad[0], .pw = p->pad[1],
+		.n = x[0], .c = p->c, .h = x[2], .w = x[3], .o = p->o, .kh = w[2], .kw = w[3], .oh = oh, .ow = ow,
+		.sh = p->stride[0], .sw = p->stride[1], .ph = p->pad[0], .pw = p->pad[1], .pool = p->pool,
 		.dh = p->dil[0], .dw = p->dil[1], .groups = 1,
 		.relu = p->act == 1 + DS_CPU_RELU || p->act == 1 + DS_CPU_RELU6,
 		.cap = p->act == 1 + DS_CPU_RELU6 ? 6.0f : 0.0f,
@@ -142,7 +142,7 @@ static int64_t bconv_flops(const ds_node *node, const ds_shape *in, int n_in, co
 
 	if (bconv_params(node, &p, NULL))
 		return 0;
-	bconv_dims(&p, in[0].dim, in[1].dim, &d);
+	bconv_dims(node, &p, in[0].dim, in[1].dim, &d);
 	outs = ds_op_sat_mul(ds_op_sat_mul(d.n, d.o), ds_op_sat_mul(d.oh, d.ow));
 	if (p.pool)
 		pooled = ds_op_sat_mul(ds_op_sat_mul(ds_op_sat_mul(d.n, d.o), ds_op_sat_mul(out[0].dim[2], out[0].dim[3])), 4);
@@ -160,7 +160,7 @@ static int bconv_forward_cpu(const ds_op_args *a, ds_error *err)
 
 	if ((rc = bconv_params(a->node, &p, err)))
 		return rc;
-	bconv_dims(&p, a->in[0]->shape, a->in[1]->shape, &d);
+	bconv_dims(a->node, &p, a->in[0]->shape, a->in[1]->shape, &d);
 	ds_conv2d_blocked_forward(&d, a->in[0]->ndim == 5, a->in[0]->data, a->in[1]->data,
 				  a->n_in > 2 ? a->in[2]->data : NULL, a->n_in > 3 ? a->in[3]->data : NULL,
 				  a->out[0]->data, a->workspace);
@@ -182,7 +182,7 @@ static size_t bconv_workspace(const ds_node *node, const ds_shape *in, int n_in,
 	(void)out;
 	if (bconv_params(node, &p, NULL))
 		return 0;
-	bconv_dims(&p, in[0].dim, in[1].dim, &d);
+	bconv_dims(node, &p, in[0].dim, in[1].dim, &d);
 	return ds_conv2d_blocked_workspace(&d) * sizeof(float);
 }
 
@@ -247,21 +247,21 @@ static int reorder_forward_cpu(const ds_op_args *a, ds_error *err)
 /* [N, CB, H, W, 16] -> [N, C, 1, 1]: global_avg_pool read blocked. */
 static int bgap_infer(const ds_node *node, const ds_shape *in, int n_in, ds_shape *out, ds_error *err)
 {
-	struct reorder p;
+	int64_t channels;
 	char xs[128];
 	int rc;
 
 	(void)n_in;
-	if ((rc = ds_op_attr_int(node, "channels", -1, 1, DS_OP_ATTR_MAX, &p.channels, err)) ||
+	if ((rc = ds_op_attr_int(node, "channels", -1, 1, DS_OP_ATTR_MAX, &channels, err)) ||
 	    (rc = ds_op_check_ndim(node, in, 0, 5, 5, err)))
 		return rc;
-	if (p.channels < 1)
+	if (channels < 1)
 		return ds_error_set(err, DS_ERR_DATA, "bad_attr", "attribute 'channels' is required");
 	ds_op_shape_text(&in[0], xs, sizeof xs);
-	if (in[0].dtype != DS_F32 || in[0].dim[1] != blocks_of(p.channels) || in[0].dim[4] != BLK)
+	if (in[0].dtype != DS_F32 || in[0].dim[1] != blocks_of(channels) || in[0].dim[4] != BLK)
 		return ds_error_set(err, DS_ERR_DATA, "shape_mismatch", "input '%s' %s is not F32 in blocks of 16 for %"
-				    PRId64 " channels", ds_node_input(node, 0), xs, p.channels);
-	out[0] = (ds_shape){ .dtype = DS_F32, .ndim = 4, .dim = { in[0].dim[0], p.channels, 1, 1 } };
+				    PRId64 " channels", ds_node_input(node, 0), xs, channels);
+	out[0] = (ds_shape){ .dtype = DS_F32, .ndim = 4, .dim = { in[0].dim[0], channels, 1, 1 } };
 	return 0;
 }
 
