@@ -673,15 +673,15 @@ static int pass_gap_linear(struct pass_ctx *c, ds_error *err)
 
 /* The blocked layout NCHW16c (lib/ops/layout.c) for chains of convolutions
  * on the CPU.  A convolution goes blocked when it has one group, its
- * output channels fill tiles of 2 or 4 vectors (ceil(O / 16) even), its
- * input is blocked or its stride 2, and a blocked convolution feeds it or
- * reads it: alone, the reorders around it would cost what it gains.
+ * output channels fill tiles of 2 or 4 vectors (ceil(O / 16) even) or
+ * one vector (O <= 16), its input is blocked or its stride 2, and a
+ * blocked convolution feeds it or reads it: alone, the reorders around it
+ * would cost what it gains.
  * Measured alone, 2 threads, blocked against the masked kernel on NCHW
  * (GFLOP/s): 7x7 64 -> 64 300-330 vs 280 at batch 64 and 260 vs 208 at
  * batch 1, 14x14 32 -> 32 290-310 vs 283, 3x3 stride 2 300 vs 205 (with a
  * plain input 203 vs 198), 1x1 stride 2 224 vs 143; a stride-1 layer
- * reading a plain input in place loses (240 vs 280), and one vector of
- * output channels (a load an FMA) loses badly: those stay NCHW.
+ * reading a plain input in place loses (240 vs 280).
  *
  * A stride-1 layer of 3x3 or wider filters with 4 vectors of output
  * channels goes blocked even alone, its plain input reordered first: the
@@ -690,6 +690,14 @@ static int pass_gap_linear(struct pass_ctx *c, ds_error *err)
  * 1,425, pooled 1,288-1,304 vs 1,458-1,546; 7x7 64 -> 64 658 vs 828.  With
  * 2 vectors it is a tie (14x14 32 -> 32 726 vs 717), and 1x1 filters lose
  * (28x28 16 -> 64 625 vs 574).
+ *
+ * A stride-1 layer of 3x3 or wider filters with one vector of output
+ * channels goes blocked on any input, read in place: its row tiles beat
+ * the masked kernel (28x28 16 -> 16, batch 64, 765-790 vs 880 us; batch 1
+ * 13.6 vs 15.8) and cost no reorder ahead.  With one input channel (a
+ * first layer) they lose at batch 64 (165 vs 95 us) and tie at batch 1,
+ * but the chain behind it then starts blocked: resnet-s's first five
+ * layers, 1.04x at batch 64 and 1.18x at batch 1.
  *
  * Filters are packed for the kernel and the bias padded to whole blocks; a
  * blocked output read by anything else (or a graph output) is reordered
@@ -718,7 +726,7 @@ static int layout_candidate(const struct pass_ctx *c, const ds_graph *g, const j
 	w = ds_container_get(c->params, ds_edit_input(node, 1));
 	x = ds_graph_shape(g, ds_edit_input(node, 0));
 	if (!w || w->dtype != DS_F32 || w->ndim != 4 || !x || x->ndim != 4 || x->dtype != DS_F32 ||
-	    x->dim[1] != w->shape[1] || (w->shape[0] + 15) / 16 % 2 != 0)
+	    x->dim[1] != w->shape[1] || ((w->shape[0] + 15) / 16 % 2 != 0 && w->shape[0] > 16))
 		return 0;
 	*cin = w->shape[1];
 	*cout = w->shape[0];
@@ -993,7 +1001,8 @@ static int pass_layout(struct pass_ctx *c, ds_error *err)
 		if (!layout_candidate(c, g, node, &bc[i].c, &bc[i].o))
 			continue;
 		w = ds_container_get(c->params, ds_edit_input(node, 1));
-		bc[i].on = !s1 || blocked_producer(c, bc, ds_edit_input(node, 0)) >= 0;
+		bc[i].on = !s1 || blocked_producer(c, bc, ds_edit_input(node, 0)) >= 0 ||
+			   (bc[i].o <= 16 && w->shape[2] * w->shape[3] >= 9);
 		if (!bc[i].on && (bc[i].o + 15) / 16 % 4 == 0 && w->shape[2] * w->shape[3] >= 9)
 			bc[i].on = bc[i].reorder_in = 1;
 	}
@@ -1146,7 +1155,7 @@ static const struct pass passes[] = {
 	{ "gap-linear", 2, pass_gap_linear, "turn a 1x1 convolution of a globally pooled tensor into a linear layer" },
 	{ "fuse-pool", 2, pass_fuse_pool, "pool 2x2 inside the convolution before it" },
 	{ "layout", 2, pass_layout,
-	  "run chains of convolutions of 32 or more output channels in the blocked layout nchw16c (cpu)" },
+	  "run chains of convolutions in the blocked layout nchw16c (cpu)" },
 	{ "dead-nodes", 1, pass_dead_nodes, "remove nodes whose outputs are never read" },
 };
 

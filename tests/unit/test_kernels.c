@@ -974,7 +974,7 @@ static void test_conv_blocked(void)
 	conv_blocked_case(3, 32, 14, 14, 64, 1, 0, 2, 1, 1, 0, 1, 0, 0);    /* downsample */
 	conv_blocked_case(2, 64, 4, 4, 128, 3, 1, 1, 1, 1, 2, 1, 1, 0);
 	conv_blocked_case(2, 1, 28, 28, 64, 3, 1, 1, 1, 1, 1, 0, 0, 0);     /* a first layer */
-	conv_blocked_case(3, 20, 9, 11, 40, 3, 1, 1, 1, 1, 0, 0, 1, 0);     /* 3 blocks out: 1 x 24 tiles */
+	conv_blocked_case(3, 20, 9, 11, 40, 3, 1, 1, 1, 1, 0, 0, 1, 0);     /* 3 blocks out: 1 x 12 tiles */
 	conv_blocked_case(3, 20, 9, 11, 40, 3, 1, 1, 1, 0, 0, 0, 0, 0);
 	conv_blocked_case(2, 35, 8, 6, 32, 5, 2, 1, 1, 1, 2, 1, 1, 0);      /* 2 x 12 tiles */
 	conv_blocked_case(2, 16, 10, 10, 16, 3, 2, 1, 2, 1, 1, 0, 1, 0);    /* dilation */
@@ -987,6 +987,16 @@ static void test_conv_blocked(void)
 	conv_blocked_case(4, 32, 9, 7, 64, 3, 1, 1, 1, 1, 1, 0, 1, 1);    /* the same, 4 x 6 tiles */
 	conv_blocked_case(9, 16, 30, 30, 32, 3, 1, 1, 1, 1, 1, 0, 1, 1);  /* runs of many images */
 	conv_blocked_case(2, 16, 6, 6, 64, 3, 0, 1, 1, 1, 2, 0, 1, 1);    /* relu6, 4x4 */
+	/* One vector of output channels: rows in chunks of at most 16. */
+	conv_blocked_case(2, 16, 28, 28, 16, 3, 1, 1, 1, 1, 1, 1, 1, 0);  /* resnet-s layer1 */
+	conv_blocked_case(3, 1, 28, 28, 16, 3, 1, 1, 1, 1, 1, 0, 0, 0);   /* its first layer, plain */
+	conv_blocked_case(2, 20, 5, 37, 10, 3, 1, 1, 1, 1, 2, 1, 0, 0);   /* 3 chunks a row, 10 channels */
+	conv_blocked_case(2, 20, 5, 37, 10, 3, 1, 1, 1, 0, 0, 0, 1, 0);
+	conv_blocked_case(3, 16, 4, 2, 16, 5, 2, 1, 1, 1, 1, 1, 1, 0);    /* rows narrower than the filter */
+	conv_blocked_case(2, 16, 9, 17, 16, 3, 2, 1, 2, 1, 0, 0, 0, 0);   /* dilation, plain */
+	conv_blocked_case(1, 16, 1, 1, 16, 3, 1, 1, 1, 1, 1, 0, 1, 0);    /* one pixel */
+	conv_blocked_case(2, 16, 14, 14, 16, 3, 1, 2, 1, 1, 1, 0, 1, 0);  /* stride 2: 1 x 12 tiles */
+	conv_blocked_case(3, 16, 14, 10, 16, 3, 1, 1, 1, 1, 1, 0, 1, 1);  /* pooled */
 }
 
 static void test_linear_fixed(void)

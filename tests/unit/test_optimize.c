@@ -273,7 +273,10 @@ int main(void)
 		}
 		is_int(has_node(m[0], NULL, "a1"), 1, "the residual graph parses");
 		o.level = 2;
+		/* The blocked layout sums in another order: not bit for bit. */
+		o.disable = "layout";
 		is_int(ds_optimize_model(m[1], &o, &report, &err), 0, "it optimizes: %s", err.message);
+		o.disable = NULL;
 		is_int(pass_rewrites(report, "fuse-add"), 5, "five additions are fused");
 		is_int(has_node(m[1], "add", "a3") + has_node(m[1], "add", "ab"), 2,
 		       "not after a fused activation, nor a broadcast one");
