@@ -24,32 +24,6 @@ model() {
 	[ -f "$T/$1.dsm" ] || ds-train -q --data "$T/d.dst" --arch "$1" --epochs 1 --max-steps 2 -o "$T/$1.dsm"
 }
 
-# Rewrite a model's header with Python: $2 is code run with h (the header)
-# and g (its graph) bound; checksums of changed tensors are dropped.
-edit_model() {
-	"$PY" - "$1" "$2" "$3" <<'PY'
-import array, json, struct, sys
-src, code, dst = sys.argv[1:4]
-raw = open(src, 'rb').read()
-n = struct.unpack('<Q', raw[:8])[0]
-h = json.loads(raw[8:8 + n])
-data = bytearray(raw[8 + n:])
-meta = h['__metadata__']
-g = json.loads(meta['ds.graph'])
-sums = json.loads(meta.get('ds.checksums', '{}'))
-def set_float(name, i, value):
-    a, b = h[name]['data_offsets']
-    struct.pack_into('<f', data, a + 4 * i, value)
-    sums.pop(name, None)
-exec(code)
-meta['ds.graph'] = json.dumps(g)
-meta['ds.checksums'] = json.dumps(sums)
-head = json.dumps(h).encode()
-head += b' ' * (-len(head) % 8)
-open(dst, 'wb').write(struct.pack('<Q', len(head)) + head + bytes(data))
-PY
-}
-
 figure() {
 	json_eval "$1" "d['figures']['$2']"
 }
