@@ -832,6 +832,66 @@ out:
 	ds_container_free(ct);
 }
 
+/* In an inference plan a flatten is a view of its input: the same bytes,
+ * no copy, and its input may still be read elsewhere. */
+static void test_flatten_view(void)
+{
+	static const char *json =
+		"{\"inputs\": [{\"name\": \"x\", \"dtype\": \"F32\", \"shape\": [-1, 2, 3, 4]}],"
+		" \"nodes\": ["
+		"  {\"op\": \"relu\", \"name\": \"r\", \"inputs\": [\"x\"], \"outputs\": [\"a\"]},"
+		"  {\"op\": \"flatten\", \"name\": \"f\", \"inputs\": [\"a\"], \"outputs\": [\"h\"]},"
+		"  {\"op\": \"linear\", \"name\": \"fc\", \"inputs\": [\"h\", \"w\"], \"outputs\": [\"logits\"]},"
+		"  {\"op\": \"global_avg_pool\", \"name\": \"g\", \"inputs\": [\"a\"], \"outputs\": [\"m\"]}],"
+		" \"outputs\": [\"logits\", \"m\"]}";
+	ds_container *c = ds_container_new();
+	ds_graph *g = NULL;
+	ds_plan *p = NULL;
+	ds_error err = { 0 };
+	const float *w;
+	float *x;
+	int good = 1;
+
+	rng = 5;
+	w = add_tensor(c, "w", 2, K, 24, 0.5)->data;
+	if (ds_graph_parse(json, c, &g, &err) || ds_plan_new(g, c, 3, NULL, DS_CPU, &p, &err)) {
+		ok(0, "flatten plan: %s", err.message);
+		goto out;
+	}
+	x = ds_plan_tensor(p, "x")->data;
+	for (int i = 0; i < 3 * 24; i++)
+		x[i] = (float)(i % 7) - 3.0f;
+	if (ds_plan_forward(p, 0, 0, &err)) {
+		ok(0, "flatten forward: %s", err.message);
+		goto out;
+	}
+	ok(ds_plan_tensor(p, "h")->data == ds_plan_tensor(p, "a")->data, "a flatten in inference is a view of its input");
+	for (int n = 0; n < 3; n++) {
+		const float *h = ds_plan_tensor(p, "a")->data, *y = ds_plan_tensor(p, "logits")->data;
+		const float *m = ds_plan_tensor(p, "m")->data;
+
+		for (int k = 0; k < K; k++) {
+			float s = 0.0f;
+
+			for (int i = 0; i < 24; i++)
+				s += h[n * 24 + i] * w[k * 24 + i];
+			good &= fabsf(s - y[n * K + k]) < 1e-5f;
+		}
+		for (int ch = 0; ch < 2; ch++) {
+			float s = 0.0f;
+
+			for (int i = 0; i < 12; i++)
+				s += x[(n * 2 + ch) * 12 + i] > 0.0f ? x[(n * 2 + ch) * 12 + i] : 0.0f;
+			good &= fabsf(s / 12.0f - m[n * 2 + ch]) < 1e-5f;
+		}
+	}
+	ok(good, "and the layer and the pool read the same values");
+out:
+	ds_plan_free(p);
+	ds_graph_free(g);
+	ds_container_free(c);
+}
+
 int main(void)
 {
 	test_mlp();
@@ -841,5 +901,6 @@ int main(void)
 	test_residual();
 	test_errors();
 	test_sparse_rows();
+	test_flatten_view();
 	return done_testing();
 }
