@@ -694,10 +694,11 @@ static int pass_gap_linear(struct pass_ctx *c, ds_error *err)
  * A stride-1 layer of 3x3 or wider filters with one vector of output
  * channels goes blocked on any input, read in place: its row tiles beat
  * the masked kernel (28x28 16 -> 16, batch 64, 765-790 vs 880 us; batch 1
- * 13.6 vs 15.8) and cost no reorder ahead.  With one input channel (a
- * first layer) they lose at batch 64 (165 vs 95 us) and tie at batch 1,
- * but the chain behind it then starts blocked: resnet-s's first five
- * layers, 1.04x at batch 64 and 1.18x at batch 1.
+ * 13.6 vs 15.8) and cost no reorder ahead: resnet-s's first five
+ * layers, 1.04x at batch 64 and 1.18x at batch 1.  A first layer of one
+ * input channel, 3x3 filters and up to 32 output channels takes the
+ * kernel's form that keeps its filters in registers (conv_blocked.c):
+ * 28x28 1 -> 32 pooled, batch 64, 167 vs 242 us; 1 -> 16 93 vs 95.
  *
  * Filters are packed for the kernel and the bias padded to whole blocks; a
  * blocked output read by anything else (or a graph output) is reordered
@@ -731,6 +732,18 @@ static int layout_candidate(const struct pass_ctx *c, const ds_graph *g, const j
 	*cin = w->shape[1];
 	*cout = w->shape[0];
 	return 1;
+}
+
+/* A stride-1 first layer that the blocked kernel runs with its filters in
+ * registers (conv_blocked.c's first_fits): one input channel, up to 32
+ * output channels, 3x3 filters, padding 0 or 1, no dilation. */
+static int first_layer(const json_t *node, const ds_tensor *w)
+{
+	const json_t *attrs = json_object_get(node, "attrs");
+
+	return w->shape[1] == 1 && w->shape[0] <= 32 && w->shape[2] == 3 && w->shape[3] == 3 &&
+	       ds_edit_pair_is(attrs, "stride", 1, 1) && ds_edit_pair_is(attrs, "dilation", 1, 1) &&
+	       (ds_edit_pair_is(attrs, "padding", 0, 1) || ds_edit_pair_is(attrs, "padding", 1, 0));
 }
 
 /* Index of the convolution whose output value is, when it goes blocked;
@@ -1002,7 +1015,7 @@ static int pass_layout(struct pass_ctx *c, ds_error *err)
 			continue;
 		w = ds_container_get(c->params, ds_edit_input(node, 1));
 		bc[i].on = !s1 || blocked_producer(c, bc, ds_edit_input(node, 0)) >= 0 ||
-			   (bc[i].o <= 16 && w->shape[2] * w->shape[3] >= 9);
+			   (bc[i].o <= 16 && w->shape[2] * w->shape[3] >= 9) || first_layer(node, w);
 		if (!bc[i].on && (bc[i].o + 15) / 16 % 4 == 0 && w->shape[2] * w->shape[3] >= 9)
 			bc[i].on = bc[i].reorder_in = 1;
 	}

@@ -132,20 +132,35 @@ nodes() {
 	[ ! -e "$T/t.dsm" ]
 }
 
-@test "layout: a pooled 3x3 layer of 64 channels goes blocked alone, flattened into the linear layer" {
+@test "layout: the CNN's first layer reads the image, pooled layers stay pooled, flattened into the linear layer" {
 	model cnn-small
 	run -0 --separate-stderr ds-optimize --verify 16 --format json -o "$T/s.dsm" "$T/cnn-small.dsm"
 	echo "$stderr" > "$T/s.json"
 	json_eval "$T/s.json" "[r['rewrite'] for r in d['rewrites']]" > "$T/log"
-	# conv1 (32 channels) stays NCHW; conv2 keeps its pool, its input
-	# reordered; fc1 takes the blocked output, with no reorder back.
-	grep -q "layout: reorder 'pool1' to nchw16c for 'conv2'" "$T/log"
+	# conv1 (one input channel) reads the plain image; conv2 keeps its
+	# pool and reads conv1's blocked output; fc1 takes conv2's, with no
+	# reorder anywhere.
+	grep -q "layout: conv2d 'conv1' in nchw16c, plain input" "$T/log"
 	grep -q "layout: conv2d 'conv2' in nchw16c, blocked input" "$T/log"
 	grep -q "layout: linear 'fc1' reads 'flatten' blocked, its weight columns reordered" "$T/log"
-	! grep -q "conv1' in nchw16c" "$T/log"
+	! grep -q "reorder" "$T/log"
 	! grep -q "back to nchw" "$T/log"
 	[ "$(json_eval "$T/s.json" "d['verify']['max_rel_diff'] < 1e-5")" = True ]
-	[ "$(nodes "$T/s.dsm")" = "conv2d conv2d_nchw16c flatten linear reorder" ]
+	[ "$(nodes "$T/s.dsm")" = "conv2d_nchw16c flatten linear" ]
+	# With a first layer the kernel has no register form for (dilated),
+	# conv1 stays NCHW and conv2 (64 channels, pooled) goes blocked alone,
+	# its input reordered first.
+	edit_model "$T/cnn-small.dsm" "
+for x in g['nodes']:
+    if x['name'] == 'conv1': x['attrs'].update(dilation=2, padding=2)
+" "$T/dilated.dsm"
+	run -0 --separate-stderr ds-optimize --verify 16 --format json -o "$T/d.dsm" "$T/dilated.dsm"
+	echo "$stderr" > "$T/d.json"
+	json_eval "$T/d.json" "[r['rewrite'] for r in d['rewrites']]" > "$T/log"
+	grep -q "layout: reorder 'pool1' to nchw16c for 'conv2'" "$T/log"
+	grep -q "layout: conv2d 'conv2' in nchw16c, blocked input" "$T/log"
+	! grep -q "conv1' in nchw16c" "$T/log"
+	[ "$(nodes "$T/d.dsm")" = "conv2d conv2d_nchw16c flatten linear reorder" ]
 	ds-optimize -q --disable-pass layout -o "$T/n.dsm" "$T/cnn-small.dsm"
 	[ "$(ds-info --format json "$T/s.dsm" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["flops_per_item"])')" = \
 	  "$(ds-info --format json "$T/n.dsm" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["flops_per_item"])')" ]
@@ -179,7 +194,7 @@ nodes() {
 	model cnn-small
 	ds-optimize -q -o - < "$T/cnn-small.dsm" > "$T/p.dsm"
 	ds-optimize -q --verify 4 -o "$T/p2.dsm" - < "$T/p.dsm"
-	[ "$(nodes "$T/p.dsm")" = "conv2d conv2d_nchw16c flatten linear reorder" ]
+	[ "$(nodes "$T/p.dsm")" = "conv2d_nchw16c flatten linear" ]
 }
 
 @test "bad input and bad options write nothing" {

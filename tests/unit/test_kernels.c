@@ -865,8 +865,8 @@ static void linear_fixed_case(int64_t in, int64_t out)
  * channels not a multiple of 16 on either side, every tile shape (4, 2
  * and 1 vectors of channels), positions running across images, stride,
  * padding, dilation, 1x1 and 5x5 filters, the residual with ReLU6, the
- * fused 2x2 max-pool (odd sizes, runs of row pairs across images); the
- * padding channels of the output stay zero. */
+ * fused 2x2 max-pool (odd sizes, runs of row pairs across images), the
+ * first-layer form; the padding channels of the output stay zero. */
 static void conv_blocked_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t k, int64_t pad,
 			      int64_t stride, int64_t dil, int bias, int act, int res, int x_blocked, int pool)
 {
@@ -997,6 +997,13 @@ static void test_conv_blocked(void)
 	conv_blocked_case(1, 16, 1, 1, 16, 3, 1, 1, 1, 1, 1, 0, 1, 0);    /* one pixel */
 	conv_blocked_case(2, 16, 14, 14, 16, 3, 1, 2, 1, 1, 1, 0, 1, 0);  /* stride 2: 1 x 12 tiles */
 	conv_blocked_case(3, 16, 14, 10, 16, 3, 1, 1, 1, 1, 1, 0, 1, 1);  /* pooled */
+	/* A first layer: one input channel, 3x3, filters in registers. */
+	conv_blocked_case(3, 1, 28, 28, 32, 3, 1, 1, 1, 1, 1, 0, 0, 1);   /* the CNNs' conv1 */
+	conv_blocked_case(2, 1, 28, 28, 32, 3, 1, 1, 1, 1, 1, 0, 0, 0);
+	conv_blocked_case(2, 1, 9, 7, 20, 3, 1, 1, 1, 0, 2, 1, 1, 0);     /* blocked input, residual */
+	conv_blocked_case(2, 1, 7, 11, 10, 3, 0, 1, 1, 1, 0, 0, 0, 0);    /* no padding, 10 channels */
+	conv_blocked_case(1, 1, 9, 9, 24, 3, 1, 1, 1, 1, 1, 0, 0, 1);     /* odd rows pooled, one image */
+	conv_blocked_case(2, 1, 6, 4, 16, 3, 1, 1, 1, 1, 1, 0, 0, 0);     /* rows narrower than a chunk */
 }
 
 static void test_linear_fixed(void)
