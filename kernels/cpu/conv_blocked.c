@@ -622,30 +622,43 @@ static int first_fits(const ds_conv2d_dims *d)
 	       d->dw == 1 && d->ph == d->pw && d->ph <= 1 && d->ow >= FIRST_NP && d->w + 2 <= FIRST_W_MAX;
 }
 
-/* Output row oy of image img into out[v * out_blk + ox * 16], through the
- * epilogue (residual at the same offsets in r, or NULL). */
-static inline __attribute__((always_inline, target("avx512f"))) void
-first_row(const int nv, const struct blocked_call *k, const __m512 *wr, const __m512 *bias, int64_t img,
-	  int64_t oy, float *out, int64_t out_blk, const float *r)
+/* Input rows iy0 .. iy0 + n - 1 of image img, padded: column ix at
+ * buf[i][ix + ph], a zero either side; a row outside the image is NULL. */
+static void first_rows(const struct blocked_call *k, int64_t img, int64_t iy0, int n, float (*buf)[FIRST_W_MAX],
+		       const float **rows)
 {
 	const ds_conv2d_dims *d = k->d;
-	const int64_t w = d->w, xs = k->x_blocked ? BLK : 1, ow = d->ow;
-	const int np = FIRST_NP;
-	float rows[3][FIRST_W_MAX];
-	int live[3];
+	const int64_t w = d->w, xs = k->x_blocked ? BLK : 1;
 
-	for (int ki = 0; ki < 3; ki++) {
-		const int64_t iy = oy - d->ph + ki;
-		const float *src = x_block(k, img, 0) + iy * w * xs;
+	for (int i = 0; i < n; i++) {
+		const int64_t iy = iy0 + i;
+		const float *src;
 
-		live[ki] = (uint64_t)iy < (uint64_t)d->h;
-		if (!live[ki])
+		rows[i] = NULL;
+		if ((uint64_t)iy >= (uint64_t)d->h)
 			continue;
-		/* Padded: input column ix at rows[ki][ix + ph]. */
-		rows[ki][0] = rows[ki][w + 1] = 0.0f;
-		for (int64_t ix = 0; ix < w; ix++)
-			rows[ki][ix + d->ph] = src[ix * xs];
+		src = x_block(k, img, 0) + iy * w * xs;
+		buf[i][0] = buf[i][w + 1] = 0.0f;
+		if (xs == 1)
+			memcpy(buf[i] + d->ph, src, (size_t)w * sizeof *src);
+		else
+			for (int64_t ix = 0; ix < w; ix++)
+				buf[i][ix + d->ph] = src[ix * xs];
+		rows[i] = buf[i];
 	}
+}
+
+/* An output row from its three padded input rows into out[v * out_blk +
+ * ox * 16], through the epilogue (residual at the same offsets in r, or
+ * NULL). */
+static inline __attribute__((always_inline, target("avx512f"))) void
+first_row(const int nv, const struct blocked_call *k, const __m512 *wr, const __m512 *bias,
+	  const float *const *rows, float *out, int64_t out_blk, const float *r)
+{
+	const ds_conv2d_dims *d = k->d;
+	const int64_t ow = d->ow;
+	const int np = FIRST_NP;
+
 	for (int64_t ox0 = 0; ox0 < ow; ox0 += np) {
 		const int64_t at = ox0 + np <= ow ? ox0 : ow - np;
 		__m512 acc[2][FIRST_NP];
@@ -660,7 +673,7 @@ first_row(const int nv, const struct blocked_call *k, const __m512 *wr, const __
 		for (int ki = 0; ki < 3; ki++) {
 			const float *row = rows[ki] + at;
 
-			if (!live[ki])
+			if (!rows[ki])
 				continue;
 #pragma GCC unroll 3
 			for (int kj = 0; kj < 3; kj++)
@@ -711,18 +724,23 @@ static inline __attribute__((always_inline, target("avx512f"))) void first_layer
 	{
 		const int64_t t = ds_team_thread(), nt = ds_team_size();
 		float *scratch = d->pool ? ws + (size_t)ds_kernel_slice() * (size_t)(2 * nv * d->ow * BLK) : NULL;
+		float buf[4][FIRST_W_MAX];
+		const float *rows[4];
 
 		for (int64_t u = units * t / nt; u < units * (t + 1) / nt; u++) {
 			if (!d->pool) {
 				const int64_t img = u / d->oh, oy = u % d->oh, off = img * k->y_img + oy * d->ow * BLK;
 
-				first_row(nv, k, wr, bias, img, oy, k->y + off, k->y_blk, k->r ? k->r + off : NULL);
+				first_rows(k, img, oy - d->ph, 3, buf, rows);
+				first_row(nv, k, wr, bias, rows, k->y + off, k->y_blk, k->r ? k->r + off : NULL);
 				continue;
 			}
 			const int64_t img = u / ph, py = u % ph, pw = d->ow / 2, half = nv * d->ow * BLK;
 
-			first_row(nv, k, wr, bias, img, 2 * py, scratch, d->ow * BLK, NULL);
-			first_row(nv, k, wr, bias, img, 2 * py + 1, scratch + half, d->ow * BLK, NULL);
+			/* The pair's four input rows, copied once. */
+			first_rows(k, img, 2 * py - d->ph, 4, buf, rows);
+			first_row(nv, k, wr, bias, rows, scratch, d->ow * BLK, NULL);
+			first_row(nv, k, wr, bias, rows + 1, scratch + half, d->ow * BLK, NULL);
 			for (int v = 0; v < nv; v++)
 				pool_row(scratch + v * d->ow * BLK, scratch + half + v * d->ow * BLK, pw,
 					 k->y + (((img * k->ob + v) * ph + py) * pw) * BLK);
