@@ -698,7 +698,7 @@ static int pass_gap_linear(struct pass_ctx *c, ds_error *err)
  * layers, 1.04x at batch 64 and 1.18x at batch 1.  A first layer of one
  * input channel, 3x3 filters and up to 32 output channels takes the
  * kernel's form that keeps its filters in registers (conv_blocked.c):
- * 28x28 1 -> 32 pooled, batch 64, 167 vs 242 us; 1 -> 16 93 vs 95.
+ * 28x28 1 -> 32 pooled, batch 64, 152 vs 242 us; 1 -> 16 85 vs 95.
  *
  * Filters are packed for the kernel and the bias padded to whole blocks; a
  * blocked output read by anything else (or a graph output) is reordered
