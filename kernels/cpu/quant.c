@@ -1144,6 +1144,8 @@ size_t ds_qconv2d_workspace(const ds_conv2d_dims *d)
 		if (b.slice_off + b.slice * (size_t)b.threads > a.slice_off + a.slice * (size_t)a.threads)
 			a = b;
 	}
+	if (ds_qconv2d_one3_fits(d) && ds_qconv2d_one3_workspace(d) > a.slice_off + a.slice * (size_t)a.threads)
+		return ds_qconv2d_one3_workspace(d);
 	return a.slice_off + a.slice * (size_t)a.threads;
 }
 
@@ -1317,6 +1319,10 @@ void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t 
 
 	if (is_depthwise(d) && ds_qconv2d_dw3_fits(d)) {
 		ds_qconv2d_dw3_forward(d, x, w, e, y, ws);
+		return;
+	}
+	if (ds_qconv2d_one3_fits(d) && tile != tile_portable) {
+		ds_qconv2d_one3_forward(d, x, w, e, y, ws);
 		return;
 	}
 	if (is_depthwise(d)) {

@@ -92,6 +92,14 @@ size_t ds_qconv2d_dw3_workspace(const ds_conv2d_dims *d);
 void ds_qconv2d_dw3_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e,
 			    void *y, void *ws);
 
+/* A layer of one input channel, 3x3 filters, stride 1, padding 1 (a first
+ * layer) on conv_dw3.c's flat planes; the results are
+ * ds_qconv2d_forward's.  AVX-512 BW only. */
+int ds_qconv2d_one3_fits(const ds_conv2d_dims *d);
+size_t ds_qconv2d_one3_workspace(const ds_conv2d_dims *d);
+void ds_qconv2d_one3_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e,
+			     void *y, void *ws);
+
 /* y[m, out] = x[m, in] w[out, in]^T, through e. */
 size_t ds_qlinear_workspace(int64_t m, int64_t in, int64_t out);
 void ds_qlinear_forward(int64_t m, int64_t in, int64_t out, const uint8_t *x, const int8_t *w, const ds_qout *e,

@@ -493,6 +493,12 @@ int main(void)
 		{ 2, 8, 6, 6, 12, 3, 2, 1, 4, 1, 1, 1 },   /* grouped */
 		{ 1, 3, 11, 4, 33, 5, 1, 2, 1, 0, 0, 1 },  /* F32 out */
 		{ 4, 1, 28, 28, 32, 3, 1, 1, 1, 1, 1, 1 },
+		/* one input channel, 3x3 (conv_dw3.c): a batch of 1 split by
+		 * channels, F32 out, one pixel, a plane too big for the form */
+		{ 1, 1, 28, 28, 16, 3, 1, 1, 1, 2, 1, 1 },
+		{ 3, 1, 9, 13, 10, 3, 1, 1, 1, 0, 0, 1 },
+		{ 2, 1, 1, 1, 5, 3, 1, 1, 1, 1, 1, 1 },
+		{ 1, 1, 70, 70, 3, 3, 1, 1, 1, 1, 1, 1 },
 		/* the direct form: stride 1, channels in words of 4 */
 		{ 3, 32, 14, 14, 64, 3, 1, 1, 1, 1, 1, 1 },
 		{ 2, 12, 9, 23, 13, 3, 1, 0, 1, 2, 1, 1 },
