@@ -705,14 +705,18 @@ first_row(const int nv, const struct blocked_call *k, const __m512 *wr, const __
 	}
 }
 
-/* The layer: units of an output row (or, pooled, a pair of rows computed
- * into a scratch and pooled from there). */
-static inline __attribute__((always_inline, target("avx512f"))) void first_layer(const int nv,
-										  const struct blocked_call *k,
-										  float *ws)
+/* Units u0..u1 of the layer: an output row each (or, pooled, a pair of
+ * rows computed into a scratch and pooled from there).  A thread loads the
+ * filters itself: vector values shared into an OpenMP region would cross
+ * into a function compiled without AVX-512. */
+static inline __attribute__((always_inline, target("avx512f"))) void
+first_units(const int nv, const struct blocked_call *k, float *ws, int64_t u0, int64_t u1)
 {
 	const ds_conv2d_dims *d = k->d;
-	const int64_t ph = d->oh / 2, units = d->pool ? d->n * ph : d->n * d->oh;
+	const int64_t ph = d->oh / 2;
+	float *scratch = d->pool ? ws + (size_t)ds_kernel_slice() * (size_t)(2 * nv * d->ow * BLK) : NULL;
+	float buf[4][FIRST_W_MAX];
+	const float *rows[4];
 	__m512 wr[18], bias[2];
 
 	for (int t = 0; t < 9; t++)
@@ -720,42 +724,49 @@ static inline __attribute__((always_inline, target("avx512f"))) void first_layer
 			wr[t * 2 + v] = v < nv ? _mm512_loadu_ps(k->wp + (v * 9 + t) * BLK * BLK) : _mm512_setzero_ps();
 	for (int v = 0; v < 2; v++)
 		bias[v] = k->b && v < nv ? _mm512_loadu_ps(k->b + v * BLK) : _mm512_setzero_ps();
-#pragma omp parallel num_threads(ds_kernel_threads())
-	{
-		const int64_t t = ds_team_thread(), nt = ds_team_size();
-		float *scratch = d->pool ? ws + (size_t)ds_kernel_slice() * (size_t)(2 * nv * d->ow * BLK) : NULL;
-		float buf[4][FIRST_W_MAX];
-		const float *rows[4];
+	for (int64_t u = u0; u < u1; u++) {
+		if (!d->pool) {
+			const int64_t img = u / d->oh, oy = u % d->oh, off = img * k->y_img + oy * d->ow * BLK;
 
-		for (int64_t u = units * t / nt; u < units * (t + 1) / nt; u++) {
-			if (!d->pool) {
-				const int64_t img = u / d->oh, oy = u % d->oh, off = img * k->y_img + oy * d->ow * BLK;
-
-				first_rows(k, img, oy - d->ph, 3, buf, rows);
-				first_row(nv, k, wr, bias, rows, k->y + off, k->y_blk, k->r ? k->r + off : NULL);
-				continue;
-			}
-			const int64_t img = u / ph, py = u % ph, pw = d->ow / 2, half = nv * d->ow * BLK;
-
-			/* The pair's four input rows, copied once. */
-			first_rows(k, img, 2 * py - d->ph, 4, buf, rows);
-			first_row(nv, k, wr, bias, rows, scratch, d->ow * BLK, NULL);
-			first_row(nv, k, wr, bias, rows + 1, scratch + half, d->ow * BLK, NULL);
-			for (int v = 0; v < nv; v++)
-				pool_row(scratch + v * d->ow * BLK, scratch + half + v * d->ow * BLK, pw,
-					 k->y + (((img * k->ob + v) * ph + py) * pw) * BLK);
+			first_rows(k, img, oy - d->ph, 3, buf, rows);
+			first_row(nv, k, wr, bias, rows, k->y + off, k->y_blk, k->r ? k->r + off : NULL);
+			continue;
 		}
+		const int64_t img = u / ph, py = u % ph, pw = d->ow / 2, half = nv * d->ow * BLK;
+
+		/* The pair's four input rows, copied once. */
+		first_rows(k, img, 2 * py - d->ph, 4, buf, rows);
+		first_row(nv, k, wr, bias, rows, scratch, d->ow * BLK, NULL);
+		first_row(nv, k, wr, bias, rows + 1, scratch + half, d->ow * BLK, NULL);
+		for (int v = 0; v < nv; v++)
+			pool_row(scratch + v * d->ow * BLK, scratch + half + v * d->ow * BLK, pw,
+				 k->y + (((img * k->ob + v) * ph + py) * pw) * BLK);
 	}
 }
 
-static __attribute__((noinline, target("avx512f"))) void first_layer_1(const struct blocked_call *k, float *ws)
+static __attribute__((noinline, target("avx512f"))) void first_units_1(const struct blocked_call *k, float *ws,
+									int64_t u0, int64_t u1)
 {
-	first_layer(1, k, ws);
+	first_units(1, k, ws, u0, u1);
 }
 
-static __attribute__((noinline, target("avx512f"))) void first_layer_2(const struct blocked_call *k, float *ws)
+static __attribute__((noinline, target("avx512f"))) void first_units_2(const struct blocked_call *k, float *ws,
+									int64_t u0, int64_t u1)
 {
-	first_layer(2, k, ws);
+	first_units(2, k, ws, u0, u1);
+}
+
+static void first_layer(const struct blocked_call *k, float *ws)
+{
+	const ds_conv2d_dims *d = k->d;
+	const int64_t units = d->pool ? d->n * (d->oh / 2) : d->n * d->oh;
+
+#pragma omp parallel num_threads(ds_kernel_threads())
+	{
+		const int64_t t = ds_team_thread(), nt = ds_team_size();
+
+		(k->ob == 1 ? first_units_1 : first_units_2)(k, ws, units * t / nt, units * (t + 1) / nt);
+	}
 }
 #endif
 
@@ -968,7 +979,7 @@ void ds_conv2d_blocked_forward(const ds_conv2d_dims *d, int x_blocked, const flo
 		return;
 #ifdef HAVE_BLOCKED_AVX512
 	if (first_fits(d) && blocked_cpu_ok()) {
-		(k.ob == 1 ? first_layer_1 : first_layer_2)(&k, ws);
+		first_layer(&k, ws);
 		return;
 	}
 #endif
