@@ -290,6 +290,21 @@ static const float *x_block(const struct blocked_call *k, int64_t img, int64_t j
 #ifdef HAVE_BLOCKED_AVX512
 static const float zeros[BLK];
 
+/* A vector of sums to y: the residual r (or none), then the ReLU and its
+ * cap; the bias is in the sums already. */
+static inline __attribute__((always_inline, target("avx512f"))) void
+store_sums(const ds_conv2d_dims *d, __m512 s, const float *r, float *y)
+{
+	if (r)
+		s = _mm512_add_ps(s, _mm512_loadu_ps(r));
+	if (d->relu) {
+		s = _mm512_max_ps(s, _mm512_setzero_ps());
+		if (d->cap > 0.0f)
+			s = _mm512_min_ps(s, _mm512_set1_ps(d->cap));
+	}
+	_mm512_storeu_ps(y, s);
+}
+
 /* nv vectors of output channels from block o0 by the np positions from
  * a0, the input blocked (xb) or plain; constant nv, np and xb after
  * inlining, so the sums stay in registers.  The layer's numbers are read
@@ -406,16 +421,8 @@ blocked_tile(const int nv, const int np, const int xb, const struct blocked_call
 #pragma GCC unroll 4
 		for (int v = 0; v < nv; v++) {
 			const int64_t off = yo[p] + v * k->y_blk;
-			__m512 s = acc[v][p];
 
-			if (k->r)
-				s = _mm512_add_ps(s, _mm512_loadu_ps(k->r + off));
-			if (d->relu) {
-				s = _mm512_max_ps(s, _mm512_setzero_ps());
-				if (d->cap > 0.0f)
-					s = _mm512_min_ps(s, _mm512_set1_ps(d->cap));
-			}
-			_mm512_storeu_ps(k->y + off, s);
+			store_sums(d, acc[v][p], k->r ? k->r + off : NULL, k->y + off);
 		}
 }
 
@@ -524,16 +531,8 @@ row_tile(const int np, const int xb, const struct blocked_call *k, const struct 
 #pragma GCC unroll 16
 	for (int p = 0; p < np; p++) {
 		const int64_t off = y0 + p * BLK;
-		__m512 s = acc[p];
 
-		if (k->r)
-			s = _mm512_add_ps(s, _mm512_loadu_ps(k->r + off));
-		if (d->relu) {
-			s = _mm512_max_ps(s, _mm512_setzero_ps());
-			if (d->cap > 0.0f)
-				s = _mm512_min_ps(s, _mm512_set1_ps(d->cap));
-		}
-		_mm512_storeu_ps(k->y + off, s);
+		store_sums(d, acc[p], k->r ? k->r + off : NULL, k->y + off);
 	}
 }
 
@@ -691,16 +690,8 @@ first_row(const int nv, const struct blocked_call *k, const __m512 *wr, const __
 #pragma GCC unroll 2
 			for (int v = 0; v < nv; v++) {
 				const int64_t off = v * out_blk + (at + p) * BLK;
-				__m512 s = acc[v][p];
 
-				if (r)
-					s = _mm512_add_ps(s, _mm512_loadu_ps(r + off));
-				if (d->relu) {
-					s = _mm512_max_ps(s, _mm512_setzero_ps());
-					if (d->cap > 0.0f)
-						s = _mm512_min_ps(s, _mm512_set1_ps(d->cap));
-				}
-				_mm512_storeu_ps(out + off, s);
+				store_sums(d, acc[v][p], r ? r + off : NULL, out + off);
 			}
 	}
 }
