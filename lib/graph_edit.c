@@ -144,7 +144,10 @@ ssize_t ds_edit_pool_fusable(const json_t *graph, size_t i)
 	const char *x = ds_edit_input(pool, 0);
 	ssize_t pi;
 
-	if (strcmp(ds_edit_node_op(pool), "max_pool") != 0 || !ds_edit_pair_is(pattrs, "kernel", 2, 0) ||
+	const char *conv = !strcmp(ds_edit_node_op(pool), "qmax_pool") ? "qconv2d" : "conv2d";
+
+	if ((strcmp(ds_edit_node_op(pool), "max_pool") != 0 && strcmp(ds_edit_node_op(pool), "qmax_pool") != 0) ||
+	    !ds_edit_pair_is(pattrs, "kernel", 2, 0) ||
 	    !ds_edit_pair_is(pattrs, "stride", 2, 1) || !ds_edit_pair_is(pattrs, "padding", 0, 1) ||
 	    !(!ceil || (json_is_integer(ceil) && !json_integer_value(ceil)) || json_is_false(ceil)) ||
 	    json_array_size(json_object_get(pool, "outputs")) != 1 || ds_edit_uses(graph, x) != 1 ||
@@ -153,8 +156,10 @@ ssize_t ds_edit_pool_fusable(const json_t *graph, size_t i)
 	prod = ds_edit_node(graph, (size_t)pi);
 	attrs = json_object_get(prod, "attrs");
 	act = json_object_get(attrs, "activation");
-	if (strcmp(ds_edit_node_op(prod), "conv2d") != 0 || json_object_get(attrs, "pool") ||
-	    ds_edit_input_count(prod) > 3 || (act && (!json_is_string(act) || strcmp(json_string_value(act), "relu"))))
+	/* A residual (conv2d's fourth input) comes before the pool; qconv2d's
+	 * fourth is its bias. */
+	if (strcmp(ds_edit_node_op(prod), conv) != 0 || json_object_get(attrs, "pool") ||
+	    ds_edit_input_count(prod) > (strcmp(conv, "conv2d") ? 4 : 3) || (act && (!json_is_string(act) || strcmp(json_string_value(act), "relu"))))
 		return -1;
 	return pi;
 }

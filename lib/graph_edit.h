@@ -32,11 +32,12 @@ void ds_edit_remove_node(json_t *graph, size_t i);
 int ds_edit_pair_is(const json_t *attrs, const char *name, int64_t want, int absent_ok);
 /* When node i is a 2x2, stride-2 max-pool (no padding, no ceil mode) that
  * alone reads the output of a conv2d with no pool, no residual and no
- * activation but ReLU (which commutes with the max): that conv2d's index,
- * else -1. */
+ * activation but ReLU (which commutes with the max), or a qmax_pool that
+ * so reads a qconv2d: that convolution's index, else -1. */
 ssize_t ds_edit_pool_fusable(const json_t *graph, size_t i);
-/* Make the pool node i the "pool" attribute of conv2d node conv (from
- * ds_edit_pool_fusable): the conv2d writes the pool's output, node i goes. */
+/* Make the pool node i the "pool" attribute of convolution node conv (from
+ * ds_edit_pool_fusable): the convolution writes the pool's output, node i
+ * goes. */
 int ds_edit_fuse_pool(json_t *graph, size_t i, size_t conv, ds_error *err);
 /* A tensor name not yet used by the container or the graph: base, or base.N. */
 char *ds_edit_unique_name(const json_t *graph, const ds_container *params, const char *base, ds_error *err);

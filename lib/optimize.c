@@ -429,21 +429,41 @@ static int pass_fuse_activation(struct pass_ctx *c, ds_error *err)
  * no activation or ReLU, which commutes with the max) becomes that
  * convolution's "pool" attribute: the kernel pools its output tiles while
  * they are in cache, and the full-size output is never written. */
+/* The INT8 kernels pool inside only a first layer (one input channel, 3x3,
+ * stride 1, padding 1: conv_dw3.c on VNNI).  Any other qconv2d would run
+ * into scratch and be pooled from there: no faster, and the unpooled
+ * output in the arena. */
+static int qconv2d_pools_inside(const struct pass_ctx *c, const json_t *conv)
+{
+	const json_t *attrs = json_object_get(conv, "attrs"), *groups = json_object_get(attrs, "groups");
+	const ds_tensor *w = ds_container_get(c->params, ds_edit_input(conv, 1));
+
+	return w && w->ndim == 4 && w->shape[1] == 1 && w->shape[2] == 3 && w->shape[3] == 3 &&
+	       (!groups || (json_is_integer(groups) && json_integer_value(groups) == 1)) &&
+	       ds_edit_pair_is(attrs, "stride", 1, 1) && ds_edit_pair_is(attrs, "padding", 1, 0) &&
+	       ds_edit_pair_is(attrs, "dilation", 1, 1);
+}
+
 static int pass_fuse_pool(struct pass_ctx *c, ds_error *err)
 {
 	for (size_t i = 0; i < ds_edit_node_count(c->graph);) {
-		ssize_t pi = op_accepts("conv2d", "pool") ? ds_edit_pool_fusable(c->graph, i) : -1;
-		char pool_name[256], prod_name[256];
+		ssize_t pi = ds_edit_pool_fusable(c->graph, i);
+		char pool_name[256], prod_name[256], pool_op[32], prod_op[32];
 		int rc;
 
-		if (pi < 0) {
+		const json_t *prod = pi < 0 ? NULL : ds_edit_node(c->graph, (size_t)pi);
+
+		if (!prod || !op_accepts(ds_edit_node_op(prod), "pool") ||
+		    (!strcmp(ds_edit_node_op(prod), "qconv2d") && !qconv2d_pools_inside(c, prod))) {
 			i++;
 			continue;
 		}
 		snprintf(pool_name, sizeof pool_name, "%s", ds_edit_node_name(ds_edit_node(c->graph, i)));
+		snprintf(pool_op, sizeof pool_op, "%s", ds_edit_node_op(ds_edit_node(c->graph, i)));
 		snprintf(prod_name, sizeof prod_name, "%s", ds_edit_node_name(ds_edit_node(c->graph, (size_t)pi)));
+		snprintf(prod_op, sizeof prod_op, "%s", ds_edit_node_op(ds_edit_node(c->graph, (size_t)pi)));
 		if ((rc = ds_edit_fuse_pool(c->graph, i, (size_t)pi, err)) ||
-		    (rc = note(c, err, "fuse-pool: max_pool '%s' into conv2d '%s'", pool_name, prod_name)))
+		    (rc = note(c, err, "fuse-pool: %s '%s' into %s '%s'", pool_op, pool_name, prod_op, prod_name)))
 			return rc;
 	}
 	return 0;

@@ -86,6 +86,28 @@ size() {
 	[ "$(wc -l < "$T/p.jsonl")" = "$(wc -l < "$T/f.jsonl")" ]
 }
 
+@test "ds-optimize fuses a quantized first layer's pool into it; the outputs stay the same" {
+	need ds-optimize
+	ds-quantize -q --calib "$D/train.dst" -o "$T/q.dsm" "$D/cnn-bn.dsm"
+	[[ "$(ops "$T/q.dsm")" == *qmax_pool* ]]
+	run --separate-stderr ds-optimize --verify 64 --format json -o "$T/o.dsm" "$T/q.dsm"
+	[ "$status" -eq 0 ]
+	echo "$stderr" > "$T/r.json"
+	# conv2's pool stays a node: only a first layer's kernel pools inside.
+	[ "$(json_eval "$T/r.json" "[r['rewrite'] for r in d['rewrites'] if 'fuse-pool' in r['rewrite']] == \
+		[\"fuse-pool: qmax_pool 'pool1' into qconv2d 'conv1'\"]")" = True ]
+	[ "$(json_eval "$T/r.json" "d['verify']['max_abs_diff']")" = 0.0 ]
+	python3 -c "
+import json, struct, sys
+b = open(sys.argv[1], 'rb').read()
+g = json.loads(json.loads(b[8:8 + struct.unpack('<Q', b[:8])[0]])['__metadata__']['ds.graph'])
+assert sorted(n['name'] for n in g['nodes'] if n.get('attrs', {}).get('pool') == 'max_2x2') == ['conv1']
+" "$T/o.dsm"
+	ds-infer -q --model "$T/q.dsm" "$D/test.dst" > "$T/q.jsonl"
+	ds-infer -q --model "$T/o.dsm" "$D/test.dst" > "$T/o.jsonl"
+	cmp "$T/q.jsonl" "$T/o.jsonl"
+}
+
 @test "history records the run and its figures; labels and preprocess stay" {
 	ds-quantize -q --calib "$D/train.dst" --calib-count 100 -o "$T/q.dsm" "$D/cnn-small.dsm"
 	ds-info --format json "$T/q.dsm" > "$T/i.json"

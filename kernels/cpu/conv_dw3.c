@@ -28,6 +28,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define HAVE_DW3_AVX512 1
@@ -72,19 +73,29 @@ int ds_qconv2d_one3_fits(const ds_conv2d_dims *d)
 {
 #ifdef HAVE_DW3_AVX512
 	return d->groups == 1 && d->c == 1 && d->kh == 3 && d->kw == 3 && d->ph == 1 && d->pw == 1 && d->dh == 1 &&
-	       d->dw == 1 && d->sh == 1 && d->sw == 1 && !d->pool && d->oh == d->h && d->ow == d->w &&
-	       (d->oh * d->ow + 15) / 16 <= DW3_VECS_MAX && __builtin_cpu_supports("avx512f") &&
-	       __builtin_cpu_supports("avx512bw");
+	       d->dw == 1 && d->sh == 1 && d->sw == 1 && d->oh == d->h && d->ow == d->w &&
+	       (d->pool ? d->oh >= 2 && d->ow >= 2 && __builtin_cpu_supports("avx512vnni") &&
+			  __builtin_cpu_supports("avx512vbmi")
+			: (d->oh * d->ow + 15) / 16 <= DW3_VECS_MAX) &&
+	       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
 #else
 	(void)d;
 	return 0;
 #endif
 }
 
+/* In floats.  With a pool the plane is of codes, padded: a border of the
+ * zero point, rows of w + 2 bytes, and room after it for the loads of the
+ * last window's columns past the row. */
+static int64_t one3_plane(const ds_conv2d_dims *d)
+{
+	return d->pool ? ((d->h + 2) * (d->w + 2) + 128 + 63) / 64 * 16 : (d->h * d->w + 15) / 16 * 16;
+}
+
 /* Per thread: the plane as floats, then the filters as floats. */
 static int64_t one3_slice(const ds_conv2d_dims *d)
 {
-	return (d->h * d->w + 15) / 16 * 16 + (d->o * 9 + 15) / 16 * 16;
+	return one3_plane(d) + (d->o * 9 + 15) / 16 * 16;
 }
 
 size_t ds_qconv2d_one3_workspace(const ds_conv2d_dims *d)
@@ -409,26 +420,139 @@ one3_image(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *xf, 
 		}
 	}
 }
+
+/* The padded plane of one image: the codes inside a border of the zero
+ * point (the padding's code), rows of w + 2 bytes. */
+static void one3_padded(const ds_conv2d_dims *d, const uint8_t *x, int32_t zp, uint8_t *xp)
+{
+	const int64_t s = d->w + 2;
+
+	memset(xp, zp, (size_t)one3_plane(d) * sizeof(float));
+	for (int64_t iy = 0; iy < d->h; iy++)
+		memcpy(xp + (iy + 1) * s + 1, x + iy * d->w, (size_t)d->w);
+}
+
+/* one3_image with the 2x2 max-pool, on VNNI: the taps of a filter row
+ * are a word, a code a byte (the fourth byte meets a zero weight), so
+ * that sixteen sums are three vpdpbusd.  The words of a window's four
+ * rows of sixteen positions (32 sums across, two rows down) are made once
+ * with a byte permute and serve every channel.  Each window's four sums
+ * are pooled before the epilogue, which is monotone (non-decreasing in
+ * the sum for a non-negative multiplier, non-increasing for a negative
+ * one, whose windows take their least sum): the code is the pooled code
+ * of the unfused layer, for a quarter of the epilogues.  On floats, with
+ * the taps loaded again for every channel, the fused layer was no faster
+ * than the layer and a pool. */
+static __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"), optimize("fp-contract=off"))) void
+one3_image_pooled(const ds_conv2d_dims *d, const uint8_t *xp, const int32_t *ww, const int32_t *wsum,
+		  const ds_qout *e, int64_t o0, int64_t o1, void *y)
+{
+	const int64_t s = d->w + 2, poh = d->oh / 2, pow = d->ow / 2, pn = poh * pow;
+	const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+	const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+	/* Word i: bytes i, i + 1, i + 2 (and i + 2 again, for the zero). */
+	const __m512i taps = _mm512_set_epi32(0x1111100f, 0x10100f0e, 0x0f0f0e0d, 0x0e0e0d0c, 0x0d0d0c0b,
+					      0x0c0c0b0a, 0x0b0b0a09, 0x0a0a0908, 0x09090807, 0x08080706,
+					      0x07070605, 0x06060504, 0x05050403, 0x04040302, 0x03030201, 0x02020100);
+	const __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
+	const __m512 vinv = _mm512_set1_ps(e->u8 ? 1.0f / e->y_scale : 0.0f);
+	const __m512 zp = _mm512_set1_ps((float)e->y_zero_point), zero = _mm512_setzero_ps();
+	const __m512 top = _mm512_set1_ps(255.0f);
+	const __m512i xzp = _mm512_set1_epi32(e->x_zero_point);
+
+	for (int64_t py = 0; py < poh; py++)
+		for (int64_t px = 0; px < pow; px += 16) {
+			const __mmask16 keep = pow - px >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (pow - px)) - 1);
+			__m512i wd[4][3];
+
+			/* Sums [r][h]: conv row 2 py + r, columns 2 px + 16 h on. */
+			for (int q = 0; q < 4; q++)
+				for (int ky = 0; ky < 3; ky++)
+					wd[q][ky] = _mm512_permutexvar_epi8(
+						taps, _mm512_loadu_si512(xp + (2 * py + q / 2 + ky) * s + 2 * px + 16 * (q % 2)));
+			for (int64_t o = o0; o < o1; o++) {
+				const int32_t *wo = ww + o * 3;
+				const float mult = e->x_scale * e->w_scale[o];
+				__m512i a[4], l, r, acc;
+				__m512 v;
+
+				for (int q = 0; q < 4; q++) {
+					a[q] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wd[q][0], _mm512_set1_epi32(wo[0]));
+					a[q] = _mm512_dpbusd_epi32(a[q], wd[q][1], _mm512_set1_epi32(wo[1]));
+					a[q] = _mm512_dpbusd_epi32(a[q], wd[q][2], _mm512_set1_epi32(wo[2]));
+				}
+				if (mult >= 0.0f) {
+					a[0] = _mm512_max_epi32(a[0], a[2]);
+					a[1] = _mm512_max_epi32(a[1], a[3]);
+					l = _mm512_permutex2var_epi32(a[0], even, a[1]);
+					r = _mm512_permutex2var_epi32(a[0], odd, a[1]);
+					acc = _mm512_max_epi32(l, r);
+				} else {
+					a[0] = _mm512_min_epi32(a[0], a[2]);
+					a[1] = _mm512_min_epi32(a[1], a[3]);
+					l = _mm512_permutex2var_epi32(a[0], even, a[1]);
+					r = _mm512_permutex2var_epi32(a[0], odd, a[1]);
+					acc = _mm512_min_epi32(l, r);
+				}
+				acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(xzp, _mm512_set1_epi32(wsum[o])));
+				v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(mult)),
+						  _mm512_set1_ps(e->bias ? e->bias[o] : 0.0f));
+				v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+				if (e->u8) {
+					__m128i codes;
+
+					v = _mm512_add_ps(_mm512_mul_ps(v, vinv), zp);
+					v = _mm512_min_ps(_mm512_max_ps(v, zero), top);
+					codes = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v));
+					__asm__("" : "+x"(codes));
+					_mm_mask_storeu_epi8((uint8_t *)y + o * pn + py * pow + px, keep, codes);
+				} else {
+					_mm512_mask_storeu_ps((float *)y + o * pn + py * pow + px, keep, v);
+				}
+			}
+		}
+}
 #endif
 
 void ds_qconv2d_one3_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e, void *y,
 			     void *ws)
 {
 #ifdef HAVE_DW3_AVX512
-	const int64_t in = d->h * d->w, out = d->oh * d->ow, slice = one3_slice(d);
+	const int64_t in = d->h * d->w, out = d->pool ? (d->oh / 2) * (d->ow / 2) : d->oh * d->ow;
+	const int64_t slice = one3_slice(d);
 	/* Output channels in parts of at least 8, so that a batch of one
 	 * still keeps both threads busy. */
 	const int64_t parts = d->n >= ds_kernel_threads() ? 1 : (d->o + 7) / 8, items = d->n * parts;
 	const size_t es = e->u8 ? 1 : sizeof(float);
 	struct dw3_masks masks, *m = &masks;
 
-	dw3_flat_make(d, m);
+	if (!d->pool)
+		dw3_flat_make(d, m);
 #pragma omp parallel for schedule(static) num_threads(ds_kernel_threads())
 	for (int64_t it = 0; it < items; it++) {
 		const int64_t img = it / parts, part = it % parts;
 		const int64_t o0 = d->o * part / parts, o1 = d->o * (part + 1) / parts;
-		float *xf = (float *)ws + ds_kernel_slice() * slice, *wf = xf + (in + 15) / 16 * 16;
+		float *xf = (float *)ws + ds_kernel_slice() * slice, *wf = xf + one3_plane(d);
 
+		if (d->pool) {
+			/* A filter row's taps as a word, and each filter's sum. */
+			int32_t *ww = (int32_t *)wf, *wsum = ww + 3 * d->o;
+
+			for (int64_t o = o0; o < o1; o++) {
+				wsum[o] = 0;
+				for (int ky = 0; ky < 3; ky++) {
+					const int8_t *t = w + o * 9 + ky * 3;
+
+					ww[o * 3 + ky] = (int32_t)((uint32_t)(uint8_t)t[0] | (uint32_t)(uint8_t)t[1] << 8 |
+								   (uint32_t)(uint8_t)t[2] << 16);
+					wsum[o] += t[0] + t[1] + t[2];
+				}
+			}
+			one3_padded(d, x + img * in, e->x_zero_point, (uint8_t *)xf);
+			one3_image_pooled(d, (const uint8_t *)xf, ww, wsum, e, o0, o1,
+					  (char *)y + (size_t)(img * d->o * out) * es);
+			continue;
+		}
 		for (int64_t i = 0; i < (o1 - o0) * 9; i++)
 			wf[o0 * 9 + i] = (float)w[o0 * 9 + i];
 		dw3_codes(x + img * in, in, e->x_zero_point, xf);

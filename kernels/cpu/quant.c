@@ -1185,12 +1185,41 @@ static void gather_strided(const ds_conv2d_dims *d, const uint8_t *x, uint8_t *x
 		}
 }
 
+/* A fused pool that the layer's kernel does not take itself: the layer
+ * into the front of the workspace, then the pool from there. */
+static size_t unpooled_bytes(const ds_conv2d_dims *d)
+{
+	return up((size_t)(d->n * d->o * d->oh * d->ow) * sizeof(float), ALIGN);
+}
+
+static void forward_then_pool(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e, void *y,
+			      void *ws)
+{
+	ds_conv2d_dims u = *d;
+	ds_pool_dims p = { .n = d->n, .c = d->o, .h = d->oh, .w = d->ow, .kh = 2, .kw = 2, .sh = 2, .sw = 2,
+			   .oh = d->oh / 2, .ow = d->ow / 2 };
+
+	u.pool = 0;
+	ds_qconv2d_forward(&u, x, w, e, ws, (char *)ws + unpooled_bytes(d));
+	if (e->u8)
+		ds_qmax_pool_forward(&p, ws, y);
+	else
+		ds_max_pool_forward(&p, ws, y, NULL);
+}
+
 size_t ds_qconv2d_workspace(const ds_conv2d_dims *d)
 {
 	struct conv_layout a, b;
 	struct dw_layout dl;
 	ds_conv2d_dims s1;
 
+	if (d->pool && ds_qconv2d_one3_fits(d))
+		return ds_qconv2d_one3_workspace(d);
+	if (d->pool) {
+		s1 = *d;
+		s1.pool = 0;
+		return unpooled_bytes(d) + ds_qconv2d_workspace(&s1);
+	}
 	if (is_depthwise(d) && ds_qconv2d_dw3_fits(d))
 		return ds_qconv2d_dw3_workspace(d);
 	if (is_depthwise(d))
@@ -1381,8 +1410,14 @@ void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t 
 		ds_qconv2d_dw3_forward(d, x, w, e, y, ws);
 		return;
 	}
-	if (ds_qconv2d_one3_fits(d) && tile != tile_portable) {
+	/* A pooled one3 layer runs there on any micro-kernel: its workspace
+	 * has no room for the unpooled output. */
+	if (ds_qconv2d_one3_fits(d) && (tile != tile_portable || d->pool)) {
 		ds_qconv2d_one3_forward(d, x, w, e, y, ws);
+		return;
+	}
+	if (d->pool) {
+		forward_then_pool(d, x, w, e, y, ws);
 		return;
 	}
 	{
@@ -1471,35 +1506,49 @@ packed:
 	}
 }
 
+/* One output of the convolution's own grid, as it is stored: the code (as
+ * a float) or the float. */
+static float ref_at(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e, int64_t n,
+		    int64_t o, int64_t oy, int64_t ox)
+{
+	int64_t cg = d->c / d->groups, g = o / (d->o / d->groups);
+	int32_t acc = 0;
+	float v;
+
+	for (int64_t c = 0; c < cg; c++)
+		for (int64_t ky = 0; ky < d->kh; ky++)
+			for (int64_t kx = 0; kx < d->kw; kx++) {
+				int64_t iy = oy * d->sh - d->ph + ky * d->dh;
+				int64_t ix = ox * d->sw - d->pw + kx * d->dw;
+				int32_t q;
+
+				if (iy < 0 || iy >= d->h || ix < 0 || ix >= d->w)
+					continue;
+				q = x[((n * d->c + g * cg + c) * d->h + iy) * d->w + ix];
+				acc += (q - e->x_zero_point) * w[((o * cg + c) * d->kh + ky) * d->kw + kx];
+			}
+	v = ds_qout_real(e, o, acc);
+	return e->u8 ? (float)ds_q8(v, 1.0f / e->y_scale, e->y_zero_point) : v;
+}
+
 void ds_qconv2d_forward_ref(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e, void *y)
 {
-	int64_t cg = d->c / d->groups, og = d->o / d->groups;
-	float inv = e->u8 ? 1.0f / e->y_scale : 0.0f;
+	const int64_t k = d->pool ? 2 : 1, oh = d->oh / k, ow = d->ow / k;
 
 	for (int64_t n = 0; n < d->n; n++)
 		for (int64_t o = 0; o < d->o; o++)
-			for (int64_t oy = 0; oy < d->oh; oy++)
-				for (int64_t ox = 0; ox < d->ow; ox++) {
-					int64_t g = o / og, at = ((n * d->o + o) * d->oh + oy) * d->ow + ox;
-					int32_t acc = 0;
-					float v;
+			for (int64_t py = 0; py < oh; py++)
+				for (int64_t px = 0; px < ow; px++) {
+					int64_t at = ((n * d->o + o) * oh + py) * ow + px;
+					float v = ref_at(d, x, w, e, n, o, k * py, k * px);
 
-					for (int64_t c = 0; c < cg; c++)
-						for (int64_t ky = 0; ky < d->kh; ky++)
-							for (int64_t kx = 0; kx < d->kw; kx++) {
-								int64_t iy = oy * d->sh - d->ph + ky * d->dh;
-								int64_t ix = ox * d->sw - d->pw + kx * d->dw;
-								int32_t q;
+					for (int64_t j = 1; j < k * k; j++) {
+						float u = ref_at(d, x, w, e, n, o, k * py + j / k, k * px + j % k);
 
-								if (iy < 0 || iy >= d->h || ix < 0 || ix >= d->w)
-									continue;
-								q = x[((n * d->c + g * cg + c) * d->h + iy) * d->w + ix];
-								acc += (q - e->x_zero_point) *
-								       w[((o * cg + c) * d->kh + ky) * d->kw + kx];
-							}
-					v = ds_qout_real(e, o, acc);
+						v = u > v ? u : v;
+					}
 					if (e->u8)
-						((uint8_t *)y)[at] = ds_q8(v, inv, e->y_zero_point);
+						((uint8_t *)y)[at] = (uint8_t)v;
 					else
 						((float *)y)[at] = v;
 				}
@@ -1728,12 +1777,72 @@ max_pool_2x2_row_avx512(const uint8_t *r0, const uint8_t *r1, int64_t ow, uint8_
 	}
 }
 
+/* Planes of rows of at most 32 bytes, every row pooled (h = 2 oh): the
+ * rows of p = 64 / 2w row pairs, across planes too, are 2wp bytes in a row
+ * and their p ow outputs are too.  A run of them is one load; each byte
+ * and the next give their larger, and two permutes pick a window's top
+ * and bottom pairs.  By rows, a 14x14 plane was seven calls of seven
+ * outputs, 13 cycles each. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi"))) static void
+pool_runs(const uint8_t index[3][64], int64_t w, int64_t ow, int64_t p, int64_t pairs, int64_t r0, int64_t r1,
+	  const uint8_t *x, uint8_t *y)
+{
+	const __m512i in = _mm512_loadu_si512(index[0]), it = _mm512_loadu_si512(index[1]);
+	const __m512i ib = _mm512_loadu_si512(index[2]);
+
+	for (int64_t r = r0; r < r1; r++) {
+		int64_t q = pairs - r * p < p ? pairs - r * p : p;
+		__mmask64 load = 2 * w * q >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (2 * w * q)) - 1;
+		__mmask64 store = ((__mmask64)1 << (q * ow)) - 1;
+		__m512i v = _mm512_maskz_loadu_epi8(load, x + r * p * 2 * w);
+		__m512i h = _mm512_max_epu8(v, _mm512_permutexvar_epi8(in, v));
+
+		_mm512_mask_storeu_epi8(y + r * p * ow, store,
+					_mm512_max_epu8(_mm512_permutexvar_epi8(it, h), _mm512_permutexvar_epi8(ib, h)));
+	}
+}
+
+/* Runs a call of pool_runs, which loads its permutes itself: vectors
+ * shared into a parallel region crash clang 14. */
+#define POOL_RUNS_BLOCK 512
+
+static void max_pool_2x2_runs(const ds_pool_dims *d, const uint8_t *x, uint8_t *y)
+{
+	const int64_t w = d->w, ow = d->ow, p = 64 / (2 * w), pairs = d->n * d->c * d->oh;
+	const int64_t runs = (pairs + p - 1) / p, blocks = (runs + POOL_RUNS_BLOCK - 1) / POOL_RUNS_BLOCK;
+	uint8_t index[3][64];   /* the next byte; a window's top pair; its bottom pair */
+
+	for (int k = 0; k < 64; k++) {
+		int64_t q = k / ow, ox = k % ow, at = k < p * ow ? q * 2 * w + 2 * ox : 0;
+
+		index[0][k] = (uint8_t)(k < 63 ? k + 1 : 63);
+		index[1][k] = (uint8_t)at;
+		index[2][k] = (uint8_t)(at + w);
+	}
+#pragma omp parallel for schedule(static) num_threads(ds_kernel_threads()) if (d->n * d->c * d->h * w >= (1 << 18))
+	for (int64_t b = 0; b < blocks; b++)
+		pool_runs((const uint8_t(*)[64])index, w, ow, p, pairs, b * POOL_RUNS_BLOCK,
+			  runs < (b + 1) * POOL_RUNS_BLOCK ? runs : (b + 1) * POOL_RUNS_BLOCK, x, y);
+}
+
+static int has_vbmi(void)
+{
+	static int has = -1;
+
+	if (has < 0)
+		has = has_avx512bw() && __builtin_cpu_supports("avx512vbmi");
+	return has;
+}
 #endif
 
 /* The common 2x2 window, stride 2, no padding: no bounds to check. */
 static void max_pool_2x2(const ds_pool_dims *d, const uint8_t *x, uint8_t *y)
 {
 #ifdef DS_HAVE_VNNI_BUILD
+	if (d->w <= 32 && d->h == 2 * d->oh && has_vbmi()) {
+		max_pool_2x2_runs(d, x, y);
+		return;
+	}
 	if (has_avx512bw()) {
 #pragma omp parallel for schedule(static) num_threads(ds_kernel_threads()) if (d->n * d->c * d->h * d->w >= (1 << 18))
 		for (int64_t nc = 0; nc < d->n * d->c; nc++)

@@ -74,7 +74,8 @@ int ds_qgemm_amx(void);
 void ds_qgemm_force(int level);
 
 /* conv2d over NCHW U8 input, I8 filters [o, c/groups, kh, kw] (d->relu is
- * ignored: e clamps); y is U8 or F32 NCHW as e says.  The workspace also
+ * ignored: e clamps); y is U8 or F32 NCHW as e says, 2x2 max-pooled when
+ * d->pool (d->oh, d->ow are then the unpooled grid).  The workspace also
  * keeps the packed filters for the next call with the same workspace; they
  * are checked against fingerprints of the filters and of the packed bytes
  * before reuse, so the workspace may be shared or written over between

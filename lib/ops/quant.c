@@ -21,9 +21,12 @@
 
 static const char *const quantize_attrs[] = { "scale", "zero_point", NULL };
 static const char *const qconv2d_attrs[] = {
-	"stride", "padding", "dilation", "groups", "activation",
+	"stride", "padding", "dilation", "groups", "activation", "pool",
 	"x_scale", "x_zero_point", "y_scale", "y_zero_point", NULL
 };
+/* "pool": a 2x2 max-pool fused after the epilogue (ds-optimize writes it);
+ * conv2d's infer and flops read it too. */
+static const char *const pool_kinds[] = { "none", "max_2x2", NULL };
 static const char *const qlinear_attrs[] = {
 	"activation", "x_scale", "x_zero_point", "y_scale", "y_zero_point", NULL
 };
@@ -206,19 +209,24 @@ static int64_t qlinear_flops(const ds_node *node, const ds_shape *in, int n_in, 
 static int conv_dims(const ds_node *node, const int64_t *x, const int64_t *w, const int64_t *y, ds_conv2d_dims *d,
 		     ds_error *err)
 {
-	int64_t stride[2], pad[2], dil[2], groups;
-	int rc;
+	int64_t stride[2], pad[2], dil[2], groups, oh = y[2], ow = y[3];
+	int pool, rc;
 
 	if ((rc = ds_op_attr_pair(node, "stride", 1, 1, stride, err)) ||
 	    (rc = ds_op_attr_pair(node, "padding", 0, 0, pad, err)) ||
 	    (rc = ds_op_attr_pair(node, "dilation", 1, 1, dil, err)) ||
-	    (rc = ds_op_attr_int(node, "groups", 1, 1, DS_OP_ATTR_MAX, &groups, err)))
+	    (rc = ds_op_attr_int(node, "groups", 1, 1, DS_OP_ATTR_MAX, &groups, err)) ||
+	    (rc = ds_op_attr_choice(node, "pool", pool_kinds, 0, &pool, err)))
+		return rc;
+	/* y is pooled: the kernel wants the convolution's own grid. */
+	if (pool && ((rc = ds_op_window_out(node, "height", x[2], w[2], stride[0], pad[0], dil[0], 0, &oh, err)) ||
+		     (rc = ds_op_window_out(node, "width", x[3], w[3], stride[1], pad[1], dil[1], 0, &ow, err))))
 		return rc;
 	*d = (ds_conv2d_dims){
 		.n = x[0], .c = x[1], .h = x[2], .w = x[3],
-		.o = w[0], .kh = w[2], .kw = w[3], .oh = y[2], .ow = y[3],
+		.o = w[0], .kh = w[2], .kw = w[3], .oh = oh, .ow = ow,
 		.sh = stride[0], .sw = stride[1], .ph = pad[0], .pw = pad[1],
-		.dh = dil[0], .dw = dil[1], .groups = groups,
+		.dh = dil[0], .dw = dil[1], .groups = groups, .pool = pool,
 	};
 	return 0;
 }

@@ -103,7 +103,35 @@ struct qcase {
 	int act;       /* 0 none, 1 relu, 2 relu6 */
 	int u8;
 	int64_t dil;
+	int pool;      /* a fused 2x2 max-pool */
 };
+
+/* The 2x2 max-pool of y (d's unpooled grid, codes or floats) into p. */
+static void pool_grid(const ds_conv2d_dims *d, const void *y, int u8, void *p)
+{
+	int64_t ph = d->oh / 2, pw = d->ow / 2;
+
+	for (int64_t i = 0; i < d->n * d->o; i++)
+		for (int64_t py = 0; py < ph; py++)
+			for (int64_t px = 0; px < pw; px++) {
+				int64_t at = (i * d->oh + 2 * py) * d->ow + 2 * px, to = (i * ph + py) * pw + px;
+				int64_t j[4] = { at, at + 1, at + d->ow, at + d->ow + 1 };
+
+				if (u8) {
+					uint8_t m = 0;
+
+					for (int k = 0; k < 4; k++)
+						m = ((const uint8_t *)y)[j[k]] > m ? ((const uint8_t *)y)[j[k]] : m;
+					((uint8_t *)p)[to] = m;
+				} else {
+					float m = -INFINITY;
+
+					for (int k = 0; k < 4; k++)
+						m = fmaxf(m, ((const float *)y)[j[k]]);
+					((float *)p)[to] = m;
+				}
+			}
+}
 
 /* The float path: dequantized x and w through the float kernel, bias,
  * activation. */
@@ -138,17 +166,24 @@ static void test_conv(const struct qcase *q)
 	int levels = 1 + ds_qgemm_vnni() + ds_qgemm_amx();
 	static const char *const level_name[] = { "portable", "vnni", "amx" };
 
+	ds_conv2d_dims u;
+	int64_t nfull;
+
 	d.oh = (d.h + 2 * d.ph - d.dh * (d.kh - 1) - 1) / d.sh + 1;
 	d.ow = (d.w + 2 * d.pw - d.dw * (d.kw - 1) - 1) / d.sw + 1;
+	d.pool = q->pool;
+	u = d;
+	u.pool = 0;
 	per = d.c / d.groups * d.kh * d.kw;
 	nx = d.n * d.c * d.h * d.w;
-	ny = d.n * d.o * d.oh * d.ow;
+	nfull = d.n * d.o * d.oh * d.ow;
+	ny = q->pool ? d.n * d.o * (d.oh / 2) * (d.ow / 2) : nfull;
 	nw = d.o * per;
 	x = malloc((size_t)nx);
 	w = malloc((size_t)nw);
 	ws_scale = malloc((size_t)d.o * sizeof(float));
 	bias = malloc((size_t)d.o * sizeof(float));
-	yf = malloc((size_t)ny * sizeof(float));
+	yf = malloc((size_t)nfull * sizeof(float));
 	ref = malloc((size_t)ny * sizeof(float));
 	fast = malloc((size_t)ny * sizeof(float));
 	ws = malloc(ds_qconv2d_workspace(&d) + 1);
@@ -157,6 +192,10 @@ static void test_conv(const struct qcase *q)
 	for (int64_t o = 0; o < d.o; o++) {
 		ws_scale[o] = uniform(0.5f, 2.0f) / 127.0f / sqrtf((float)per);
 		bias[o] = uniform(-0.5f, 0.5f);
+		/* A negative scale turns the epilogue around: its windows
+		 * pool their least sum. */
+		if (q->pool && o % 3 == 1)
+			ws_scale[o] = -ws_scale[o];
 	}
 	e.x_scale = 0.02f;
 	e.x_zero_point = (int32_t)(next() % 256);
@@ -168,16 +207,28 @@ static void test_conv(const struct qcase *q)
 	e.y_scale = q->act ? 0.01f : 0.02f;
 	e.y_zero_point = q->act ? 0 : 128;
 	ds_qconv2d_forward_ref(&d, x, w, &e, ref);
-	float_conv(&d, x, w, &e, yf);
+	float_conv(&u, x, w, &e, yf);
+	if (q->pool) {
+		void *full = malloc((size_t)nfull * sizeof(float)), *want = malloc((size_t)ny * sizeof(float));
+
+		ds_qconv2d_forward_ref(&u, x, w, &e, full);
+		pool_grid(&u, full, q->u8, want);
+		ok(!memcmp(ref, want, (size_t)ny * (q->u8 ? 1 : sizeof(float))),
+		   "pooled reference qconv2d equals the pooled unfused reference");
+		pool_grid(&u, yf, 0, full);
+		memcpy(yf, full, (size_t)ny * sizeof(float));
+		free(full);
+		free(want);
+	}
 	for (int pass = 0; pass < levels; pass++) {
 		ds_qgemm_force(pass);
 		memset(fast, 0xab, (size_t)ny * sizeof(float));
 		ds_qconv2d_forward(&d, x, w, &e, fast, ws);
 		ok(!memcmp(ref, fast, (size_t)ny * (q->u8 ? 1 : sizeof(float))),
-		   "qconv2d %s n%lld c%lld %lldx%lld o%lld k%lld s%lld p%lld g%lld act%d %s equals the reference",
+		   "qconv2d %s n%lld c%lld %lldx%lld o%lld k%lld s%lld p%lld g%lld act%d %s%s equals the reference",
 		   level_name[pass], (long long)d.n, (long long)d.c, (long long)d.h, (long long)d.w,
 		   (long long)d.o, (long long)d.kh, (long long)d.sh, (long long)d.ph, (long long)d.groups, q->act,
-		   q->u8 ? "u8" : "f32");
+		   q->u8 ? "u8" : "f32", q->pool ? " pooled" : "");
 	}
 	ds_qgemm_force(-1);
 	{
@@ -486,57 +537,67 @@ out:
 int main(void)
 {
 	static const struct qcase cases[] = {
-		{ 2, 3, 9, 7, 5, 3, 1, 1, 1, 1, 1, 1 },
-		{ 3, 8, 10, 10, 13, 3, 2, 1, 1, 0, 1, 1 },
-		{ 1, 16, 5, 5, 7, 1, 1, 0, 1, 2, 1, 1 },
-		{ 2, 6, 8, 9, 6, 3, 1, 1, 6, 2, 1, 1 },    /* depthwise */
-		{ 2, 8, 6, 6, 12, 3, 2, 1, 4, 1, 1, 1 },   /* grouped */
-		{ 1, 3, 11, 4, 33, 5, 1, 2, 1, 0, 0, 1 },  /* F32 out */
-		{ 4, 1, 28, 28, 32, 3, 1, 1, 1, 1, 1, 1 },
+		{ 2, 3, 9, 7, 5, 3, 1, 1, 1, 1, 1, 1, 0 },
+		{ 3, 8, 10, 10, 13, 3, 2, 1, 1, 0, 1, 1, 0 },
+		{ 1, 16, 5, 5, 7, 1, 1, 0, 1, 2, 1, 1, 0 },
+		{ 2, 6, 8, 9, 6, 3, 1, 1, 6, 2, 1, 1, 0 },    /* depthwise */
+		{ 2, 8, 6, 6, 12, 3, 2, 1, 4, 1, 1, 1, 0 },   /* grouped */
+		{ 1, 3, 11, 4, 33, 5, 1, 2, 1, 0, 0, 1, 0 },  /* F32 out */
+		{ 4, 1, 28, 28, 32, 3, 1, 1, 1, 1, 1, 1, 0 },
 		/* one input channel, 3x3 (conv_dw3.c): a batch of 1 split by
 		 * channels, F32 out, one pixel, a plane too big for the form */
-		{ 1, 1, 28, 28, 16, 3, 1, 1, 1, 2, 1, 1 },
-		{ 3, 1, 9, 13, 10, 3, 1, 1, 1, 0, 0, 1 },
-		{ 2, 1, 1, 1, 5, 3, 1, 1, 1, 1, 1, 1 },
-		{ 1, 1, 70, 70, 3, 3, 1, 1, 1, 1, 1, 1 },
+		{ 1, 1, 28, 28, 16, 3, 1, 1, 1, 2, 1, 1, 0 },
+		{ 3, 1, 9, 13, 10, 3, 1, 1, 1, 0, 0, 1, 0 },
+		{ 2, 1, 1, 1, 5, 3, 1, 1, 1, 1, 1, 1, 0 },
+		{ 1, 1, 70, 70, 3, 3, 1, 1, 1, 1, 1, 1, 0 },
 		/* 1x1 at strides 2 and 3: gathered, then the stride-1 kernels */
-		{ 2, 16, 28, 28, 32, 1, 2, 0, 1, 0, 1, 1 },
-		{ 1, 24, 13, 9, 40, 1, 3, 0, 1, 1, 1, 1 },
-		{ 2, 8, 7, 7, 12, 1, 2, 0, 2, 2, 0, 1 },
+		{ 2, 16, 28, 28, 32, 1, 2, 0, 1, 0, 1, 1, 0 },
+		{ 1, 24, 13, 9, 40, 1, 3, 0, 1, 1, 1, 1, 0 },
+		{ 2, 8, 7, 7, 12, 1, 2, 0, 2, 2, 0, 1, 0 },
 		/* the direct form: stride 1, channels in words of 4 */
-		{ 3, 32, 14, 14, 64, 3, 1, 1, 1, 1, 1, 1 },
-		{ 2, 12, 9, 23, 13, 3, 1, 0, 1, 2, 1, 1 },
-		{ 2, 8, 11, 7, 7, 3, 1, 2, 1, 0, 0, 2 },  /* dilated, F32 out */
-		{ 2, 16, 6, 5, 20, 1, 1, 0, 1, 0, 1, 1 },
-		{ 1, 8, 40, 3, 6, 5, 1, 2, 2, 1, 1, 1 },    /* grouped, 4 channels a group */
+		{ 3, 32, 14, 14, 64, 3, 1, 1, 1, 1, 1, 1, 0 },
+		{ 2, 12, 9, 23, 13, 3, 1, 0, 1, 2, 1, 1, 0 },
+		{ 2, 8, 11, 7, 7, 3, 1, 2, 1, 0, 0, 2, 0 },  /* dilated, F32 out */
+		{ 2, 16, 6, 5, 20, 1, 1, 0, 1, 0, 1, 1, 0 },
+		{ 1, 8, 40, 3, 6, 5, 1, 2, 2, 1, 1, 1, 0 },    /* grouped, 4 channels a group */
 		/* depthwise: words of taps, strides 1 and 2 and beyond */
-		{ 2, 5, 14, 37, 5, 3, 1, 1, 5, 2, 1, 1 },
-		{ 2, 4, 15, 70, 4, 3, 2, 1, 4, 1, 1, 1 },
-		{ 1, 3, 9, 9, 3, 4, 1, 2, 3, 0, 0, 1 },
-		{ 1, 3, 13, 11, 3, 3, 3, 1, 3, 1, 1, 2 },
-		{ 2, 2, 12, 12, 2, 5, 1, 2, 2, 1, 1, 1 },
+		{ 2, 5, 14, 37, 5, 3, 1, 1, 5, 2, 1, 1, 0 },
+		{ 2, 4, 15, 70, 4, 3, 2, 1, 4, 1, 1, 1, 0 },
+		{ 1, 3, 9, 9, 3, 4, 1, 2, 3, 0, 0, 1, 0 },
+		{ 1, 3, 13, 11, 3, 3, 3, 1, 3, 1, 1, 2, 0 },
+		{ 2, 2, 12, 12, 2, 5, 1, 2, 2, 1, 1, 1, 0 },
 		/* 3x3 depthwise on floats (conv_dw3.c): flat planes, rows of
 		 * sixteen past 4096 outputs, stride 2 a vector a row and more */
-		{ 2, 7, 7, 7, 7, 3, 1, 1, 7, 2, 1, 1 },
-		{ 3, 6, 28, 28, 6, 3, 1, 1, 6, 2, 1, 1 },
-		{ 1, 3, 70, 70, 3, 3, 1, 1, 3, 1, 1, 1 },
-		{ 2, 4, 37, 71, 4, 3, 2, 1, 4, 1, 1, 1 },
-		{ 2, 5, 14, 14, 5, 3, 2, 1, 5, 0, 0, 1 },
-		{ 1, 3, 1, 1, 3, 3, 2, 1, 3, 1, 1, 1 },
+		{ 2, 7, 7, 7, 7, 3, 1, 1, 7, 2, 1, 1, 0 },
+		{ 3, 6, 28, 28, 6, 3, 1, 1, 6, 2, 1, 1, 0 },
+		{ 1, 3, 70, 70, 3, 3, 1, 1, 3, 1, 1, 1, 0 },
+		{ 2, 4, 37, 71, 4, 3, 2, 1, 4, 1, 1, 1, 0 },
+		{ 2, 5, 14, 14, 5, 3, 2, 1, 5, 0, 0, 1, 0 },
+		{ 1, 3, 1, 1, 3, 3, 2, 1, 3, 1, 1, 1, 0 },
 		/* the direct form on AMX tiles: words of channels a tile
 		 * product (6, 12, 16 twice), filters past 32 and not in rows of
 		 * 16, a batch of 1 split by filters, groups */
-		{ 1, 24, 14, 14, 96, 1, 1, 0, 1, 2, 1, 1 },
-		{ 2, 96, 7, 7, 40, 1, 1, 0, 1, 0, 0, 1 },
-		{ 1, 128, 5, 6, 70, 3, 1, 1, 1, 1, 1, 1 },
-		{ 2, 64, 7, 7, 64, 3, 1, 1, 1, 1, 1, 1 },
-		{ 1, 16, 28, 28, 16, 3, 1, 1, 1, 1, 1, 1 },
-		{ 2, 24, 9, 9, 12, 3, 1, 1, 2, 1, 1, 1 },
+		{ 1, 24, 14, 14, 96, 1, 1, 0, 1, 2, 1, 1, 0 },
+		{ 2, 96, 7, 7, 40, 1, 1, 0, 1, 0, 0, 1, 0 },
+		{ 1, 128, 5, 6, 70, 3, 1, 1, 1, 1, 1, 1, 0 },
+		{ 2, 64, 7, 7, 64, 3, 1, 1, 1, 1, 1, 1, 0 },
+		{ 1, 16, 28, 28, 16, 3, 1, 1, 1, 1, 1, 1, 0 },
+		{ 2, 24, 9, 9, 12, 3, 1, 1, 2, 1, 1, 1, 0 },
 		/* the kx form: stride 1, kw <= 4, channels not in words of 4 */
-		{ 2, 3, 10, 9, 5, 4, 1, 1, 1, 0, 0, 1 },
-		{ 1, 2, 12, 12, 7, 3, 1, 2, 1, 1, 1, 2 },   /* dilated */
-		{ 2, 8, 6, 6, 12, 3, 1, 1, 4, 2, 1, 1 },    /* grouped, 2 channels a group */
-		{ 1, 5, 7, 33, 3, 2, 1, 0, 1, 1, 1, 1 },
+		{ 2, 3, 10, 9, 5, 4, 1, 1, 1, 0, 0, 1, 0 },
+		{ 1, 2, 12, 12, 7, 3, 1, 2, 1, 1, 1, 2, 0 },   /* dilated */
+		{ 2, 8, 6, 6, 12, 3, 1, 1, 4, 2, 1, 1, 0 },    /* grouped, 2 channels a group */
+		{ 1, 5, 7, 33, 3, 2, 1, 0, 1, 1, 1, 1, 0 },
+		/* a fused 2x2 max-pool: one input channel (conv_dw3.c's padded
+		 * planes; odd sides, rows past 32 pooled outputs, a batch of 1
+		 * split by channels), and the others, pooled after the layer */
+		{ 4, 1, 28, 28, 32, 3, 1, 1, 1, 1, 1, 1, 1 },
+		{ 3, 1, 9, 13, 10, 3, 1, 1, 1, 2, 1, 1, 1 },
+		{ 2, 1, 70, 67, 5, 3, 1, 1, 1, 0, 0, 1, 1 },
+		{ 1, 1, 14, 14, 16, 3, 1, 1, 1, 1, 1, 1, 1 },
+		{ 2, 1, 2, 3, 4, 3, 1, 1, 1, 0, 1, 1, 1 },
+		{ 2, 32, 14, 14, 64, 3, 1, 1, 1, 1, 1, 1, 1 },
+		{ 2, 3, 11, 10, 7, 3, 1, 1, 1, 2, 0, 1, 1 },
 	};
 
 	diag("micro-kernel: %s", ds_qgemm_amx() ? "AMX and AVX-512 VNNI" : ds_qgemm_vnni() ? "AVX-512 VNNI" : "portable");
@@ -548,6 +609,12 @@ int main(void)
 	test_linear(33, 3136, 128, 1, 1);
 	test_linear(3, 9, 10, 0, 0);
 	test_pool_2x2(28, 28);
+	test_pool_2x2(14, 14);
+	test_pool_2x2(8, 4);
+	test_pool_2x2(6, 32);
+	test_pool_2x2(10, 7);
+	test_pool_2x2(9, 14);
+	test_pool_2x2(2, 2);
 	test_pool_2x2(7, 131);
 	test_pool_2x2(4, 64);
 	test_pool_add();
