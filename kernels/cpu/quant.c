@@ -1220,6 +1220,13 @@ size_t ds_qconv2d_workspace(const ds_conv2d_dims *d)
 		s1.pool = 0;
 		return unpooled_bytes(d) + ds_qconv2d_workspace(&s1);
 	}
+	if (ds_qconv2d_dwq_fits(d)) {
+		/* dw3 or the words form when ds_qgemm_force takes VNNI away */
+		size_t dwq = ds_qconv2d_dwq_workspace(d), other = ds_qconv2d_dw3_fits(d) ? ds_qconv2d_dw3_workspace(d)
+							: dw_form(d, &dl) ? dl.slice * (size_t)ds_kernel_threads() : 0;
+
+		return dwq > other ? dwq : other;
+	}
 	if (is_depthwise(d) && ds_qconv2d_dw3_fits(d))
 		return ds_qconv2d_dw3_workspace(d);
 	if (is_depthwise(d))
@@ -1406,6 +1413,10 @@ void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t 
 	int64_t p_n = d->oh * d->ow, rtiles, parts;
 	size_t es = out_size(e);
 
+	if (tile != tile_portable && ds_qconv2d_dwq_fits(d)) {
+		ds_qconv2d_dwq_forward(d, x, w, e, y, ws);
+		return;
+	}
 	if (is_depthwise(d) && ds_qconv2d_dw3_fits(d)) {
 		ds_qconv2d_dw3_forward(d, x, w, e, y, ws);
 		return;

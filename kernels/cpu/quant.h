@@ -93,6 +93,14 @@ size_t ds_qconv2d_dw3_workspace(const ds_conv2d_dims *d);
 void ds_qconv2d_dw3_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e,
 			    void *y, void *ws);
 
+/* Depthwise layers of kw <= 4 whose vectors of outputs read within 127
+ * bytes of a plane (conv_dwq.c, on VNNI and VBMI); the results are
+ * ds_qconv2d_forward's. */
+int ds_qconv2d_dwq_fits(const ds_conv2d_dims *d);
+size_t ds_qconv2d_dwq_workspace(const ds_conv2d_dims *d);
+void ds_qconv2d_dwq_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e,
+			    void *y, void *ws);
+
 /* A layer of one input channel, 3x3 filters, stride 1, padding 1 (a first
  * layer) on conv_dw3.c's flat planes; the results are
  * ds_qconv2d_forward's.  AVX-512 BW only. */

@@ -588,6 +588,12 @@ int main(void)
 		{ 1, 2, 12, 12, 7, 3, 1, 2, 1, 1, 1, 2, 0 },   /* dilated */
 		{ 2, 8, 6, 6, 12, 3, 1, 1, 4, 2, 1, 1, 0 },    /* grouped, 2 channels a group */
 		{ 1, 5, 7, 33, 3, 2, 1, 0, 1, 1, 1, 1, 0 },
+		/* depthwise by vectors of whole rows or sixteen columns
+		 * (conv_dwq.c): mobilenet-s's 4x4, 7x7 at stride 2, 28x28 at
+		 * stride 2 */
+		{ 2, 20, 4, 4, 20, 3, 1, 1, 20, 2, 1, 1, 0 },
+		{ 2, 24, 7, 7, 24, 3, 2, 1, 24, 2, 1, 1, 0 },
+		{ 1, 16, 28, 28, 16, 3, 2, 1, 16, 1, 0, 1, 0 },
 		/* a fused 2x2 max-pool: one input channel (conv_dw3.c's padded
 		 * planes; odd sides, rows past 32 pooled outputs, a batch of 1
 		 * split by channels), and the others, pooled after the layer */
