@@ -823,7 +823,12 @@ static int direct_segments(const ds_conv2d_dims *d, const struct conv_layout *l,
 			continue;
 		}
 		len = d->ow - ox < TILE_COLS - j ? d->ow - ox : TILE_COLS - j;
-		sg[nseg++] = (struct seg){ .j = j, .len = len, .at = oy * d->ow + ox };
+		/* Rows with no padding between them (a 1x1 layer) are one run:
+		 * one store rather than one a row. */
+		if (nseg && sg[nseg - 1].j + sg[nseg - 1].len == j && sg[nseg - 1].at + sg[nseg - 1].len == oy * d->ow + ox)
+			sg[nseg - 1].len += len;
+		else
+			sg[nseg++] = (struct seg){ .j = j, .len = len, .at = oy * d->ow + ox };
 		j += len;
 	}
 	return nseg;
