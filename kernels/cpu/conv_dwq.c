@@ -51,70 +51,96 @@ static int dwq_shape(const ds_conv2d_dims *d)
 	       d->ow > 0;
 }
 
-/* The vectors of a plane; with v, their indices too.  -1 when some vector's
- * inputs span more than 127 bytes. */
-static int64_t dwq_plan(const ds_conv2d_dims *d, struct dwq_vec *v)
+/* Output rows a vector, and vectors a row (one when rows > 1). */
+static int64_t dwq_rows(const ds_conv2d_dims *d)
 {
-	const int64_t rows = d->ow <= 16 ? 16 / d->ow : 1, chunks = d->ow <= 16 ? 1 : (d->ow + 15) / 16;
-	int64_t count = 0;
+	return d->ow <= 16 ? (16 / d->ow < d->oh ? 16 / d->ow : d->oh) : 1;
+}
 
-	for (int64_t oy0 = 0; oy0 < d->oh; oy0 += rows)
-		for (int64_t c = 0; c < chunks; c++, count++) {
+static int64_t dwq_chunks(const ds_conv2d_dims *d)
+{
+	return d->ow <= 16 ? 1 : (d->ow + 15) / 16;
+}
+
+/* The most bytes of the plane a vector's inputs can span, from its first
+ * output's top left tap to its last output's bottom right one. */
+static int64_t dwq_span(const ds_conv2d_dims *d)
+{
+	const int64_t rows = dwq_rows(d), cols = d->ow <= 16 ? d->ow : 16;
+
+	return ((rows - 1) * d->sh + (d->kh - 1) * d->dh) * d->w + (cols - 1) * d->sw + (d->kw - 1) * d->dw;
+}
+
+static int64_t dwq_count(const ds_conv2d_dims *d)
+{
+	return (d->oh + dwq_rows(d) - 1) / dwq_rows(d) * dwq_chunks(d);
+}
+
+/* The vectors of a plane.  A vector's loads start at its first output's
+ * top left tap (clamped to the plane; at a row's start when it holds
+ * whole rows), which no tap of it reads before. */
+static void dwq_plan(const ds_conv2d_dims *d, struct dwq_vec *v)
+{
+	const int64_t rows = dwq_rows(d), chunks = dwq_chunks(d);
+
+	for (int64_t oy0 = 0, j = 0; oy0 < d->oh; oy0 += rows)
+		for (int64_t c = 0; c < chunks; c++, j++) {
 			const int64_t ox0 = 16 * c, nr = d->oh - oy0 < rows ? d->oh - oy0 : rows;
 			const int64_t nx = d->ow <= 16 ? d->ow : (d->ow - ox0 < 16 ? d->ow - ox0 : 16);
-			int64_t lo = INT64_MAX, hi = -1;
+			const int64_t iy0 = oy0 * d->sh - d->ph, ix0 = rows > 1 ? 0 : ox0 * d->sw - d->pw;
+			const int64_t lo = (iy0 > 0 ? iy0 : 0) * d->w + (ix0 > 0 ? ix0 : 0);
 
-			for (int pass = 0; pass < 2; pass++)
-				for (int64_t i = 0; i < nr * nx; i++) {
-					int64_t oy = oy0 + i / nx, ox = ox0 + i % nx;
+			memset(v[j].idx, 127, sizeof v[j].idx);
+			v[j].in = lo;
+			v[j].out = oy0 * d->ow + ox0;
+			v[j].n = nr * nx;
+			for (int64_t i = 0; i < nr * nx; i++) {
+				const int64_t oy = oy0 + i / nx, ox = ox0 + i % nx;
 
-					for (int64_t ky = 0; ky < DWQ_KH_MAX; ky++)
-						for (int64_t kx = 0; kx < 4; kx++) {
-							int64_t iy = oy * d->sh - d->ph + ky * d->dh;
-							int64_t ix = ox * d->sw - d->pw + kx * d->dw;
-							int in = ky < d->kh && kx < d->kw && iy >= 0 && iy < d->h &&
-								 ix >= 0 && ix < d->w;
+				for (int64_t ky = 0; ky < d->kh; ky++) {
+					const int64_t iy = oy * d->sh - d->ph + ky * d->dh;
 
-							if (pass == 0 && in) {
-								lo = iy * d->w + ix < lo ? iy * d->w + ix : lo;
-								hi = iy * d->w + ix > hi ? iy * d->w + ix : hi;
-							} else if (pass == 1 && v) {
-								v[count].idx[ky][4 * i + kx] =
-									(uint8_t)(in ? iy * d->w + ix - lo : 127);
-							}
-						}
+					for (int64_t kx = 0; kx < d->kw && iy >= 0 && iy < d->h; kx++) {
+						const int64_t ix = ox * d->sw - d->pw + kx * d->dw;
+
+						if (ix >= 0 && ix < d->w)
+							v[j].idx[ky][4 * i + kx] = (uint8_t)(iy * d->w + ix - lo);
+					}
 				}
-			if (hi < 0)
-				lo = hi = 0;
-			if (hi - lo > 126)
-				return -1;
-			if (v) {
-				for (int64_t ky = 0; ky < DWQ_KH_MAX; ky++)
-					memset(v[count].idx[ky] + 4 * nr * nx, 127, (size_t)(64 - 4 * nr * nx));
-				v[count].in = lo;
-				v[count].out = oy0 * d->ow + ox0;
-				v[count].n = nr * nx;
 			}
 		}
-	return count;
 }
 
 int ds_qconv2d_dwq_fits(const ds_conv2d_dims *d)
 {
 #ifdef HAVE_DWQ_VNNI
-	return dwq_shape(d) && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") &&
-	       __builtin_cpu_supports("avx512vbmi") && dwq_plan(d, NULL) > 0;
+	return dwq_shape(d) && dwq_span(d) <= 126 && __builtin_cpu_supports("avx512bw") &&
+	       __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
 #else
 	(void)d;
 	return 0;
 #endif
 }
 
+/* The workspace: this header, the vectors, then the channels.  The
+ * vectors depend on the geometry alone and are kept for the next call
+ * (a batch of one rebuilt them in more time than its sums took), checked
+ * against the header and a fingerprint of their bytes, since the
+ * workspace may be shared or written over between calls. */
+struct dwq_head {
+	int64_t geometry[12];
+	uint64_t fp;
+	int64_t pad[3];
+};
+
+_Static_assert(sizeof(struct dwq_head) % 64 == 0, "the vectors after struct dwq_head stay aligned");
+
 size_t ds_qconv2d_dwq_workspace(const ds_conv2d_dims *d)
 {
-	int64_t n = dwq_shape(d) ? dwq_plan(d, NULL) : -1;
-
-	return n > 0 ? (size_t)n * sizeof(struct dwq_vec) + (size_t)d->c * sizeof(struct dwq_chan) : 0;
+	if (!dwq_shape(d) || dwq_span(d) > 126)
+		return 0;
+	return sizeof(struct dwq_head) + (size_t)dwq_count(d) * sizeof(struct dwq_vec) +
+	       (size_t)d->c * sizeof(struct dwq_chan);
 }
 
 #ifdef HAVE_DWQ_VNNI
@@ -191,18 +217,26 @@ dwq_planes(const ds_conv2d_dims *d, const struct dwq_vec *v, int64_t nv, const s
 }
 #endif
 
-/* Planes a call of dwq_planes, which makes its vectors itself: vectors
- * shared into a parallel region crash clang 14. */
-#define DWQ_PLANES_BLOCK 16
-
+/* Each block of planes is a call of dwq_planes, which makes its vectors
+ * itself: vectors shared into a parallel region crash clang 14. */
 void ds_qconv2d_dwq_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e, void *y,
 			    void *ws)
 {
 #ifdef HAVE_DWQ_VNNI
-	struct dwq_vec *v = ws;
-	const int64_t nv = dwq_plan(d, v), planes = d->n * d->c;
-	const int64_t blocks = (planes + DWQ_PLANES_BLOCK - 1) / DWQ_PLANES_BLOCK;
+	struct dwq_head *head = ws;
+	struct dwq_vec *v = (struct dwq_vec *)(head + 1);
+	const int64_t nv = dwq_count(d), planes = d->n * d->c, threads = ds_kernel_threads();
+	/* Four blocks of planes a thread: a batch of one has a few dozen. */
+	const int64_t per = (planes + 4 * threads - 1) / (4 * threads), blocks = (planes + per - 1) / per;
+	const int64_t geometry[12] = { d->h, d->w, d->oh, d->ow, d->kh, d->kw, d->sh, d->sw, d->ph, d->pw, d->dh, d->dw };
 	struct dwq_chan *ch = (struct dwq_chan *)(v + nv);
+
+	if (memcmp(head->geometry, geometry, sizeof geometry) ||
+	    head->fp != ds_qfingerprint(v, (size_t)nv * sizeof *v)) {
+		dwq_plan(d, v);
+		memcpy(head->geometry, geometry, sizeof geometry);
+		head->fp = ds_qfingerprint(v, (size_t)nv * sizeof *v);
+	}
 
 	for (int64_t c = 0; c < d->c; c++) {
 		const int8_t *wc = w + c * d->kh * d->kw;
@@ -222,10 +256,9 @@ void ds_qconv2d_dwq_forward(const ds_conv2d_dims *d, const uint8_t *x, const int
 		ch[c].bias = e->bias ? e->bias[c] : 0.0f;
 	}
 
-#pragma omp parallel for schedule(static) num_threads(ds_kernel_threads()) if (planes * d->oh * d->ow >= (1 << 14))
+#pragma omp parallel for schedule(static) num_threads(threads) if (planes * d->oh * d->ow >= (1 << 12))
 	for (int64_t b = 0; b < blocks; b++)
-		dwq_planes(d, v, nv, ch, x, e, y, b * DWQ_PLANES_BLOCK,
-			   planes < (b + 1) * DWQ_PLANES_BLOCK ? planes : (b + 1) * DWQ_PLANES_BLOCK);
+		dwq_planes(d, v, nv, ch, x, e, y, b * per, planes < (b + 1) * per ? planes : (b + 1) * per);
 #else
 	(void)d;
 	(void)x;

@@ -1065,6 +1065,20 @@ __attribute__((target("avx512f,avx512bw,avx512dq"))) static uint64_t fingerprint
 }
 #endif
 
+uint64_t ds_qfingerprint(const void *p, size_t n)
+{
+#ifdef DS_HAVE_VNNI_BUILD
+	if (has_avx512bw() && __builtin_cpu_supports("avx512dq"))
+		return fingerprint(p, n);
+#endif
+	/* FNV-1a where the vector form cannot run. */
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ ((const unsigned char *)p)[i]) * 0x100000001b3ULL;
+	return h;
+}
+
 static uint64_t packed_fingerprint(const void *ws, const struct conv_layout *l, const ds_conv2d_dims *d)
 {
 #ifdef DS_HAVE_VNNI_BUILD

@@ -93,6 +93,10 @@ size_t ds_qconv2d_dw3_workspace(const ds_conv2d_dims *d);
 void ds_qconv2d_dw3_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e,
 			    void *y, void *ws);
 
+/* A 64-bit fingerprint of n bytes: what a kernel keeps in its workspace
+ * for the next call is checked against one. */
+uint64_t ds_qfingerprint(const void *p, size_t n);
+
 /* Depthwise layers of kw <= 4 whose vectors of outputs read within 127
  * bytes of a plane (conv_dwq.c, on VNNI and VBMI); the results are
  * ds_qconv2d_forward's. */
