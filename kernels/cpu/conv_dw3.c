@@ -92,10 +92,11 @@ static int64_t one3_plane(const ds_conv2d_dims *d)
 	return d->pool ? ((d->h + 2) * (d->w + 2) + 128 + 63) / 64 * 16 : (d->h * d->w + 15) / 16 * 16;
 }
 
-/* Per thread: the plane as floats, then the filters as floats. */
+/* Per thread: the plane as floats, then the filters as floats (or words
+ * and sums), then each channel's epilogue multiplier and bias. */
 static int64_t one3_slice(const ds_conv2d_dims *d)
 {
-	return one3_plane(d) + (d->o * 9 + 15) / 16 * 16;
+	return one3_plane(d) + (d->o * 11 + 15) / 16 * 16;
 }
 
 size_t ds_qconv2d_one3_workspace(const ds_conv2d_dims *d)
@@ -318,18 +319,15 @@ dw3_plane_f32(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *x
 	});
 }
 
-/* The epilogue of quant.c's epi_vnni on exact sums: scale, bias, clamp,
- * then the code. */
+/* The epilogue of quant.c's epi_vnni on exact sums (ds_qcode for codes). */
 static __attribute__((target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) void
 dw3_plane_q(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *xf, const float *w9, const ds_qout *e,
 	    int64_t c, void *y)
 {
-	const __m512 mult = _mm512_set1_ps(e->x_scale * e->w_scale[c]);
-	const __m512 bias = _mm512_set1_ps(e->bias ? e->bias[c] : 0.0f);
-	const __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
-	const __m512 vinv = _mm512_set1_ps(e->u8 ? 1.0f / e->y_scale : 0.0f);
-	const __m512 zp = _mm512_set1_ps((float)e->y_zero_point), zero = _mm512_setzero_ps();
-	const __m512 top = _mm512_set1_ps(255.0f);
+	const ds_qcode q = e->u8 ? e->code[c] : (ds_qcode){ 0 };
+	const __m512 mult = _mm512_set1_ps(e->u8 ? q.m : e->x_scale * e->w_scale[c]);
+	const __m512 bias = _mm512_set1_ps(e->u8 ? q.b : e->bias ? e->bias[c] : 0.0f);
+	const __m512 lo = _mm512_set1_ps(e->u8 ? q.lo : e->lo), hi = _mm512_set1_ps(e->u8 ? q.hi : e->hi);
 	__m512 wt[9];
 
 	for (int t = 0; t < 9; t++)
@@ -339,8 +337,6 @@ dw3_plane_q(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *xf,
 
 		v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
 		if (e->u8) {
-			v = _mm512_add_ps(_mm512_mul_ps(v, vinv), zp);
-			v = _mm512_min_ps(_mm512_max_ps(v, zero), top);
 			__m128i codes = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v));
 
 			/* Kept in a register: GCC would otherwise fold the narrow
@@ -373,14 +369,12 @@ static __attribute__((target("avx512f,avx512bw,avx512vl"))) void dw3_codes(const
  * filters wf ([o][9] as floats): per vector of positions, the nine taps
  * once, then each channel's sums and dw3_plane_q's epilogue. */
 static __attribute__((target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) void
-one3_image(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *xf, const float *wf, const ds_qout *e,
-	   int64_t o0, int64_t o1, void *y)
+one3_image(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *xf, const float *wf, const float *qm,
+	   const float *qb, const ds_qout *e, int64_t o0, int64_t o1, void *y)
 {
 	const int64_t n = d->oh * d->ow, w = d->w;
-	const __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
-	const __m512 vinv = _mm512_set1_ps(e->u8 ? 1.0f / e->y_scale : 0.0f);
-	const __m512 zp = _mm512_set1_ps((float)e->y_zero_point), zero = _mm512_setzero_ps();
-	const __m512 top = _mm512_set1_ps(255.0f);
+	const ds_qcode q = e->u8 ? e->code[o0] : (ds_qcode){ 0 };
+	const __m512 lo = _mm512_set1_ps(e->u8 ? q.lo : e->lo), hi = _mm512_set1_ps(e->u8 ? q.hi : e->hi);
 
 	for (int64_t v = 0; v < m->vecs; v++) {
 		const int64_t at = 16 * v;
@@ -403,14 +397,11 @@ one3_image(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *xf, 
 #pragma GCC unroll 8
 			for (int t = 1; t < 9; t++)
 				acc = _mm512_fmadd_ps(tap[t], _mm512_set1_ps(w9[t]), acc);
-			v2 = _mm512_add_ps(_mm512_mul_ps(acc, _mm512_set1_ps(e->x_scale * e->w_scale[o])),
-					   _mm512_set1_ps(e->bias ? e->bias[o] : 0.0f));
+			v2 = _mm512_add_ps(_mm512_mul_ps(acc, _mm512_set1_ps(qm[o])), _mm512_set1_ps(qb[o]));
 			v2 = _mm512_min_ps(_mm512_max_ps(v2, lo), hi);
 			if (e->u8) {
 				__m128i codes;
 
-				v2 = _mm512_add_ps(_mm512_mul_ps(v2, vinv), zp);
-				v2 = _mm512_min_ps(_mm512_max_ps(v2, zero), top);
 				codes = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v2));
 				__asm__("" : "+x"(codes));
 				_mm_mask_storeu_epi8((uint8_t *)y + o * n + at, keep, codes);
@@ -444,8 +435,8 @@ static void one3_padded(const ds_conv2d_dims *d, const uint8_t *x, int32_t zp, u
  * the taps loaded again for every channel, the fused layer was no faster
  * than the layer and a pool. */
 static __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"), optimize("fp-contract=off"))) void
-one3_image_pooled(const ds_conv2d_dims *d, const uint8_t *xp, const int32_t *ww, const int32_t *wsum,
-		  const ds_qout *e, int64_t o0, int64_t o1, void *y)
+one3_image_pooled(const ds_conv2d_dims *d, const uint8_t *xp, const int32_t *ww, const int32_t *wsum, const float *qm,
+		  const float *qb, const ds_qout *e, int64_t o0, int64_t o1, void *y)
 {
 	const int64_t s = d->w + 2, poh = d->oh / 2, pow = d->ow / 2, pn = poh * pow;
 	const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
@@ -454,10 +445,8 @@ one3_image_pooled(const ds_conv2d_dims *d, const uint8_t *xp, const int32_t *ww,
 	const __m512i taps = _mm512_set_epi32(0x1111100f, 0x10100f0e, 0x0f0f0e0d, 0x0e0e0d0c, 0x0d0d0c0b,
 					      0x0c0c0b0a, 0x0b0b0a09, 0x0a0a0908, 0x09090807, 0x08080706,
 					      0x07070605, 0x06060504, 0x05050403, 0x04040302, 0x03030201, 0x02020100);
-	const __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
-	const __m512 vinv = _mm512_set1_ps(e->u8 ? 1.0f / e->y_scale : 0.0f);
-	const __m512 zp = _mm512_set1_ps((float)e->y_zero_point), zero = _mm512_setzero_ps();
-	const __m512 top = _mm512_set1_ps(255.0f);
+	const ds_qcode code = e->u8 ? e->code[o0] : (ds_qcode){ 0 };
+	const __m512 lo = _mm512_set1_ps(e->u8 ? code.lo : e->lo), hi = _mm512_set1_ps(e->u8 ? code.hi : e->hi);
 	const __m512i xzp = _mm512_set1_epi32(e->x_zero_point);
 
 	for (int64_t py = 0; py < poh; py++)
@@ -472,7 +461,7 @@ one3_image_pooled(const ds_conv2d_dims *d, const uint8_t *xp, const int32_t *ww,
 						taps, _mm512_loadu_si512(xp + (2 * py + q / 2 + ky) * s + 2 * px + 16 * (q % 2)));
 			for (int64_t o = o0; o < o1; o++) {
 				const int32_t *wo = ww + o * 3;
-				const float mult = e->x_scale * e->w_scale[o];
+				const float mult = qm[o];
 				__m512i a[4], l, r, acc;
 				__m512 v;
 
@@ -496,13 +485,11 @@ one3_image_pooled(const ds_conv2d_dims *d, const uint8_t *xp, const int32_t *ww,
 				}
 				acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(xzp, _mm512_set1_epi32(wsum[o])));
 				v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(mult)),
-						  _mm512_set1_ps(e->bias ? e->bias[o] : 0.0f));
+						  _mm512_set1_ps(qb[o]));
 				v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
 				if (e->u8) {
 					__m128i codes;
 
-					v = _mm512_add_ps(_mm512_mul_ps(v, vinv), zp);
-					v = _mm512_min_ps(_mm512_max_ps(v, zero), top);
 					codes = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v));
 					__asm__("" : "+x"(codes));
 					_mm_mask_storeu_epi8((uint8_t *)y + o * pn + py * pow + px, keep, codes);
@@ -534,6 +521,14 @@ void ds_qconv2d_one3_forward(const ds_conv2d_dims *d, const uint8_t *x, const in
 		const int64_t o0 = d->o * part / parts, o1 = d->o * (part + 1) / parts;
 		float *xf = (float *)ws + ds_kernel_slice() * slice, *wf = xf + one3_plane(d);
 
+		float *qm = wf + 9 * d->o, *qb = qm + d->o;
+
+		for (int64_t o = o0; o < o1; o++) {
+			ds_qcode q = e->u8 ? e->code[o] : (ds_qcode){ 0 };
+
+			qm[o] = e->u8 ? q.m : e->x_scale * e->w_scale[o];
+			qb[o] = e->u8 ? q.b : e->bias ? e->bias[o] : 0.0f;
+		}
 		if (d->pool) {
 			/* A filter row's taps as a word, and each filter's sum. */
 			int32_t *ww = (int32_t *)wf, *wsum = ww + 3 * d->o;
@@ -549,14 +544,14 @@ void ds_qconv2d_one3_forward(const ds_conv2d_dims *d, const uint8_t *x, const in
 				}
 			}
 			one3_padded(d, x + img * in, e->x_zero_point, (uint8_t *)xf);
-			one3_image_pooled(d, (const uint8_t *)xf, ww, wsum, e, o0, o1,
+			one3_image_pooled(d, (const uint8_t *)xf, ww, wsum, qm, qb, e, o0, o1,
 					  (char *)y + (size_t)(img * d->o * out) * es);
 			continue;
 		}
 		for (int64_t i = 0; i < (o1 - o0) * 9; i++)
 			wf[o0 * 9 + i] = (float)w[o0 * 9 + i];
 		dw3_codes(x + img * in, in, e->x_zero_point, xf);
-		one3_image(d, m, xf, wf, e, o0, o1, (char *)y + (size_t)(img * d->o * out) * es);
+		one3_image(d, m, xf, wf, qm, qb, e, o0, o1, (char *)y + (size_t)(img * d->o * out) * es);
 	}
 #else
 	(void)d;

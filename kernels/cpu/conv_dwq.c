@@ -144,8 +144,8 @@ size_t ds_qconv2d_dwq_workspace(const ds_conv2d_dims *d)
 }
 
 #ifdef HAVE_DWQ_VNNI
-/* Planes [p0, p1) of the layer; the epilogue is quant.c's epi_vnni, lane
- * for lane. */
+/* Planes [p0, p1) of the layer; the epilogue is quant.c's epi_vnni (a
+ * ds_qcode for codes), lane for lane. */
 static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"),
 			     optimize("fp-contract=off"))) void
 dwq_planes_kh(const ds_conv2d_dims *d, const struct dwq_vec *v, int64_t nv, const struct dwq_chan *ch,
@@ -153,10 +153,8 @@ dwq_planes_kh(const ds_conv2d_dims *d, const struct dwq_vec *v, int64_t nv, cons
 {
 	const int64_t in = d->h * d->w, out = d->oh * d->ow, nc = d->c;
 	const int u8 = e->u8;
-	const __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
-	const __m512 vinv = _mm512_set1_ps(e->u8 ? 1.0f / e->y_scale : 0.0f);
-	const __m512 zp = _mm512_set1_ps((float)e->y_zero_point), zero = _mm512_setzero_ps();
-	const __m512 top = _mm512_set1_ps(255.0f);
+	const ds_qcode code = e->u8 ? e->code[0] : (ds_qcode){ 0 };
+	const __m512 lo = _mm512_set1_ps(e->u8 ? code.lo : e->lo), hi = _mm512_set1_ps(e->u8 ? code.hi : e->hi);
 	const __m512i xzp = _mm512_set1_epi8((char)e->x_zero_point);
 
 	for (int64_t p = p0; p < p1; p++) {
@@ -190,8 +188,6 @@ dwq_planes_kh(const ds_conv2d_dims *d, const struct dwq_vec *v, int64_t nv, cons
 			if (u8) {
 				__m128i codes;
 
-				r = _mm512_add_ps(_mm512_mul_ps(r, vinv), zp);
-				r = _mm512_min_ps(_mm512_max_ps(r, zero), top);
 				codes = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(r));
 				/* Kept in a register: GCC would otherwise fold the
 				 * narrow into the store, slow on AMD. */
@@ -252,8 +248,15 @@ void ds_qconv2d_dwq_forward(const ds_conv2d_dims *d, const uint8_t *x, const int
 			ch[c].word[ky] = (int32_t)b;
 		}
 		ch[c].corr = e->x_zero_point * sum;
-		ch[c].mult = e->x_scale * e->w_scale[c];
-		ch[c].bias = e->bias ? e->bias[c] : 0.0f;
+		if (e->u8) {
+			ds_qcode q = e->code[c];
+
+			ch[c].mult = q.m;
+			ch[c].bias = q.b;
+		} else {
+			ch[c].mult = e->x_scale * e->w_scale[c];
+			ch[c].bias = e->bias ? e->bias[c] : 0.0f;
+		}
 	}
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (planes * d->oh * d->ow >= (1 << 12))

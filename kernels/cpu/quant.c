@@ -198,15 +198,15 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), optimize("fp-cont
 epi_vnni(const int32_t *acc, const ds_qout *e, const int32_t *wsum, int64_t o0, int64_t rows, int64_t cols, void *y,
 	 int64_t so)
 {
-	float inv = e->u8 ? 1.0f / e->y_scale : 0.0f;
-	__m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi), vinv = _mm512_set1_ps(inv);
-	__m512 zp = _mm512_set1_ps((float)e->y_zero_point), zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
+	__m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
 
 	for (int64_t r = 0; r < rows; r++) {
 		int64_t o = o0 + r;
 		__m512i corr = _mm512_set1_epi32(e->x_zero_point * wsum[r]);
-		__m512 mult = _mm512_set1_ps(e->x_scale * e->w_scale[o]);
-		__m512 bias = _mm512_set1_ps(e->bias ? e->bias[o] : 0.0f);
+		ds_qcode c = e->u8 ? e->code[o] : (ds_qcode){ 0 };
+		__m512 mult = _mm512_set1_ps(e->u8 ? c.m : e->x_scale * e->w_scale[o]);
+		__m512 bias = _mm512_set1_ps(e->u8 ? c.b : e->bias ? e->bias[o] : 0.0f);
+		__m512 clo = e->u8 ? _mm512_set1_ps(c.lo) : lo, chi = e->u8 ? _mm512_set1_ps(c.hi) : hi;
 
 		for (int h = 0; h < 2 && h * 16 < cols; h++) {
 			int64_t left = cols - h * 16;
@@ -214,10 +214,8 @@ epi_vnni(const int32_t *acc, const ds_qout *e, const int32_t *wsum, int64_t o0, 
 			__m512i a = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, acc + r * TILE_COLS + h * 16), corr);
 			__m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), mult), bias);
 
-			v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+			v = _mm512_min_ps(_mm512_max_ps(v, clo), chi);
 			if (e->u8) {
-				v = _mm512_add_ps(_mm512_mul_ps(v, vinv), zp);
-				v = _mm512_min_ps(_mm512_max_ps(v, zero), top);
 				/* The saturating narrow into a register, then a plain
 				 * masked store: vpmovusdb to memory is slow on AMD. */
 				_mm_mask_storeu_epi8((uint8_t *)y + r * so + h * 16, m,
@@ -528,19 +526,16 @@ static void pack_rows(const uint8_t *x, int64_t p0, int64_t n, int64_t k, int64_
 static void store_tile(const ds_qout *e, const int32_t *acc, const int32_t *wsum, int64_t o0, int64_t rows,
 		       int64_t cols, void *y, int64_t so, int64_t sp)
 {
-	float inv = e->u8 ? 1.0f / e->y_scale : 0.0f;
-
 	for (int64_t r = 0; r < rows; r++) {
 		int64_t o = o0 + r;
 		int32_t corr = e->x_zero_point * wsum[r];
+		ds_qcode c = e->u8 ? e->code[o] : (ds_qcode){ 0 };
 
 		for (int64_t j = 0; j < cols; j++) {
-			float v = ds_qout_real(e, o, acc[r * TILE_COLS + j] - corr);
-
 			if (e->u8)
-				((uint8_t *)y)[r * so + j * sp] = ds_q8(v, inv, e->y_zero_point);
+				((uint8_t *)y)[r * so + j * sp] = ds_qcode_at(&c, acc[r * TILE_COLS + j] - corr);
 			else
-				((float *)y)[r * so + j * sp] = v;
+				((float *)y)[r * so + j * sp] = ds_qout_real(e, o, acc[r * TILE_COLS + j] - corr);
 		}
 	}
 }
@@ -734,9 +729,10 @@ direct_row_out(__m512i c0, __m512i c1, const ds_qout *e, int32_t wsum, int64_t o
 	       char *y)
 {
 	const __m512i corr = _mm512_set1_epi32(e->x_zero_point * wsum);
-	const __m512 mult = _mm512_set1_ps(e->x_scale * e->w_scale[o]);
-	const __m512 bias = _mm512_set1_ps(e->bias ? e->bias[o] : 0.0f);
-	const __m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
+	const ds_qcode q = e->u8 ? e->code[o] : (ds_qcode){ 0 };
+	const __m512 mult = _mm512_set1_ps(e->u8 ? q.m : e->x_scale * e->w_scale[o]);
+	const __m512 bias = _mm512_set1_ps(e->u8 ? q.b : e->bias ? e->bias[o] : 0.0f);
+	const __m512 lo = _mm512_set1_ps(e->u8 ? q.lo : e->lo), hi = _mm512_set1_ps(e->u8 ? q.hi : e->hi);
 	__m512 v[2];
 	__m512i c[2] = { c0, c1 };
 
@@ -745,17 +741,11 @@ direct_row_out(__m512i c0, __m512i c1, const ds_qout *e, int32_t wsum, int64_t o
 		v[h] = _mm512_min_ps(_mm512_max_ps(v[h], lo), hi);
 	}
 	if (e->u8) {
-		const __m512 vinv = _mm512_set1_ps(1.0f / e->y_scale), zp = _mm512_set1_ps((float)e->y_zero_point);
-		const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
 		__m128i b[2];
 		__m256i all;
 
-		for (int h = 0; h < 2; h++) {
-			__m512 q = _mm512_add_ps(_mm512_mul_ps(v[h], vinv), zp);
-
-			q = _mm512_min_ps(_mm512_max_ps(q, zero), top);
-			b[h] = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(q));
-		}
+		for (int h = 0; h < 2; h++)
+			b[h] = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v[h]));
 		all = _mm256_inserti128_si256(_mm256_castsi128_si256(b[0]), b[1], 1);
 		for (int s = 0; s < nseg; s++) {
 			__mmask32 m = (__mmask32)((((uint64_t)1 << sg[s].len) - 1) << sg[s].j);
@@ -1226,7 +1216,7 @@ static void forward_then_pool(const ds_conv2d_dims *d, const uint8_t *x, const i
 		ds_max_pool_forward(&p, ws, y, NULL);
 }
 
-size_t ds_qconv2d_workspace(const ds_conv2d_dims *d)
+static size_t conv_workspace(const ds_conv2d_dims *d)
 {
 	struct conv_layout a, b;
 	struct dw_layout dl;
@@ -1264,10 +1254,27 @@ size_t ds_qconv2d_workspace(const ds_conv2d_dims *d)
 	return a.slice_off + a.slice * (size_t)a.threads;
 }
 
+/* The kernels' scratch, then the epilogue of each output channel. */
+size_t ds_qconv2d_workspace(const ds_conv2d_dims *d)
+{
+	return up(conv_workspace(d), ALIGN) + up((size_t)d->o * sizeof(ds_qcode), ALIGN);
+}
+
+/* e with its table of codes, made at code when it has none. */
+static const ds_qout *with_codes(const ds_qout *e, int64_t o, ds_qcode *code, ds_qout *copy)
+{
+	if (!e->u8 || e->code)
+		return e;
+	for (int64_t i = 0; i < o; i++)
+		code[i] = ds_qcode_of(e, i);
+	*copy = *e;
+	copy->code = code;
+	return copy;
+}
+
 /* Depthwise filters are 9 or 25 taps: direct loops beat any packing. */
 static void depthwise(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e, void *y)
 {
-	float inv = e->u8 ? 1.0f / e->y_scale : 0.0f;
 	int32_t zp = e->x_zero_point;
 
 #pragma omp parallel for schedule(static) num_threads(ds_kernel_threads())
@@ -1275,12 +1282,12 @@ static void depthwise(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w
 		int64_t c = nc % d->c;
 		const uint8_t *xc = x + nc * d->h * d->w;
 		const int8_t *wc = w + c * d->kh * d->kw;
+		const ds_qcode code = e->u8 ? e->code[c] : (ds_qcode){ 0 };
 
 		for (int64_t oy = 0; oy < d->oh; oy++)
 			for (int64_t ox = 0; ox < d->ow; ox++) {
 				int32_t acc = 0;
 				int64_t at = (nc * d->oh + oy) * d->ow + ox;
-				float v;
 
 				for (int64_t ky = 0; ky < d->kh; ky++) {
 					int64_t iy = oy * d->sh - d->ph + ky * d->dh;
@@ -1294,11 +1301,10 @@ static void depthwise(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w
 							acc += ((int32_t)xc[iy * d->w + ix] - zp) * wc[ky * d->kw + kx];
 					}
 				}
-				v = ds_qout_real(e, c, acc);
 				if (e->u8)
-					((uint8_t *)y)[at] = ds_q8(v, inv, e->y_zero_point);
+					((uint8_t *)y)[at] = ds_qcode_at(&code, acc);
 				else
-					((float *)y)[at] = v;
+					((float *)y)[at] = ds_qout_real(e, c, acc);
 			}
 	}
 }
@@ -1431,6 +1437,9 @@ void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t 
 	int32_t *wsum;
 	int64_t p_n = d->oh * d->ow, rtiles, parts;
 	size_t es = out_size(e);
+	ds_qout copy;
+
+	e = with_codes(e, d->o, (ds_qcode *)((char *)ws + up(conv_workspace(d), ALIGN)), &copy);
 
 	if (tile != tile_portable && ds_qconv2d_dwq_fits(d)) {
 		ds_qconv2d_dwq_forward(d, x, w, e, y, ws);
@@ -1543,7 +1552,6 @@ static float ref_at(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, 
 {
 	int64_t cg = d->c / d->groups, g = o / (d->o / d->groups);
 	int32_t acc = 0;
-	float v;
 
 	for (int64_t c = 0; c < cg; c++)
 		for (int64_t ky = 0; ky < d->kh; ky++)
@@ -1557,8 +1565,12 @@ static float ref_at(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, 
 				q = x[((n * d->c + g * cg + c) * d->h + iy) * d->w + ix];
 				acc += (q - e->x_zero_point) * w[((o * cg + c) * d->kh + ky) * d->kw + kx];
 			}
-	v = ds_qout_real(e, o, acc);
-	return e->u8 ? (float)ds_q8(v, 1.0f / e->y_scale, e->y_zero_point) : v;
+	if (e->u8) {
+		ds_qcode c = ds_qcode_of(e, o);
+
+		return (float)ds_qcode_at(&c, acc);
+	}
+	return ds_qout_real(e, o, acc);
 }
 
 void ds_qconv2d_forward_ref(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e, void *y)
@@ -1608,7 +1620,7 @@ size_t ds_qlinear_workspace(int64_t m, int64_t in, int64_t out)
 
 	(void)m;
 	linear_layout(in, out, &l);
-	return l.slice_off + l.slice * (size_t)l.threads;
+	return up(l.slice_off + l.slice * (size_t)l.threads, ALIGN) + up((size_t)out * sizeof(ds_qcode), ALIGN);
 }
 
 #ifdef DS_HAVE_VNNI_BUILD
@@ -1681,11 +1693,13 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void dot_block_vnn
 static void linear_dot(int64_t m, int64_t in, int64_t out, const uint8_t *x, const int8_t *w, const ds_qout *e,
 		       void *y, int64_t o0, int64_t o1)
 {
-	float inv = e->u8 ? 1.0f / e->y_scale : 0.0f;
-
 	for (int64_t o = o0; o < o1; o += 4) {
 		int64_t no = o1 - o < 4 ? o1 - o : 4;
 		int32_t wsum[4] = { 0 };
+		ds_qcode code[4] = { { 0 } };
+
+		for (int64_t j = 0; j < no && e->u8; j++)
+			code[j] = e->code[o + j];
 
 		for (int64_t i = 0; i < m; i += 4) {
 			int64_t ni = m - i < 4 ? m - i : 4;
@@ -1694,13 +1708,13 @@ static void linear_dot(int64_t m, int64_t in, int64_t out, const uint8_t *x, con
 			dot_block_vnni(in, x + i * in, ni, w + o * in, no, i == 0, acc, wsum);
 			for (int64_t a = 0; a < ni; a++)
 				for (int64_t j = 0; j < no; j++) {
-					float v = ds_qout_real(e, o + j, acc[a * 4 + j] - e->x_zero_point * wsum[j]);
+					int32_t sum = acc[a * 4 + j] - e->x_zero_point * wsum[j];
 					int64_t at = (i + a) * out + o + j;
 
 					if (e->u8)
-						((uint8_t *)y)[at] = ds_q8(v, inv, e->y_zero_point);
+						((uint8_t *)y)[at] = ds_qcode_at(&code[j], sum);
 					else
-						((float *)y)[at] = v;
+						((float *)y)[at] = ds_qout_real(e, o + j, sum);
 				}
 		}
 	}
@@ -1717,7 +1731,10 @@ void ds_qlinear_forward(int64_t m, int64_t in, int64_t out, const uint8_t *x, co
 	int32_t *wsum;
 	size_t es = out_size(e);
 	int64_t rfull = (int64_t)up((size_t)out, TILE_ROWS), blocks = (m + TILE_COLS - 1) / TILE_COLS;
+	ds_qout copy;
 
+	linear_layout(in, out, &l);
+	e = with_codes(e, out, (ds_qcode *)((char *)ws + up(l.slice_off + l.slice * (size_t)l.threads, ALIGN)), &copy);
 #ifdef DS_HAVE_VNNI_BUILD
 	if (tile == tile_vnni) {
 		int64_t blocks4 = (out + 3) / 4;
@@ -1734,7 +1751,6 @@ void ds_qlinear_forward(int64_t m, int64_t in, int64_t out, const uint8_t *x, co
 		return;
 	}
 #endif
-	linear_layout(in, out, &l);
 	wsum = (int32_t *)((char *)ws + l.wsum_off);
 	/* Rows of 4-byte multiples are already the packed form: only the last
 	 * partial tile of rows is copied (a plan may call this per chunk of a
@@ -1768,20 +1784,19 @@ void ds_qlinear_forward(int64_t m, int64_t in, int64_t out, const uint8_t *x, co
 void ds_qlinear_forward_ref(int64_t m, int64_t in, int64_t out, const uint8_t *x, const int8_t *w,
 			    const ds_qout *e, void *y)
 {
-	float inv = e->u8 ? 1.0f / e->y_scale : 0.0f;
-
 	for (int64_t i = 0; i < m; i++)
 		for (int64_t o = 0; o < out; o++) {
 			int32_t acc = 0;
-			float v;
 
 			for (int64_t k = 0; k < in; k++)
 				acc += ((int32_t)x[i * in + k] - e->x_zero_point) * w[o * in + k];
-			v = ds_qout_real(e, o, acc);
-			if (e->u8)
-				((uint8_t *)y)[i * out + o] = ds_q8(v, inv, e->y_zero_point);
-			else
-				((float *)y)[i * out + o] = v;
+			if (e->u8) {
+				ds_qcode c = ds_qcode_of(e, o);
+
+				((uint8_t *)y)[i * out + o] = ds_qcode_at(&c, acc);
+			} else {
+				((float *)y)[i * out + o] = ds_qout_real(e, o, acc);
+			}
 		}
 }
 

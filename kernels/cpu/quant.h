@@ -21,6 +21,11 @@
 #include "cpu/conv.h"
 
 /* How an accumulator of output channel o becomes an output value. */
+/* See ds_qcode_of. */
+typedef struct ds_qcode {
+	float m, b, lo, hi;
+} ds_qcode;
+
 typedef struct ds_qout {
 	float x_scale;               /* the input's quantization */
 	int32_t x_zero_point;
@@ -30,6 +35,8 @@ typedef struct ds_qout {
 	int u8;                      /* 1: U8 output with y_scale and y_zero_point; 0: F32 */
 	float y_scale;
 	int32_t y_zero_point;
+	const ds_qcode *code;        /* U8: ds_qcode_of each output channel; NULL: the
+				      * forward functions make it in their workspace */
 } ds_qout;
 
 /* U8 from a real value: round half to even, saturate to [0, 255]; NaN is
@@ -47,7 +54,37 @@ static inline uint8_t ds_q8(float v, float inv_scale, int32_t zero_point)
 	return (uint8_t)q;
 }
 
-/* The real value of output channel o from acc = sum (x - x_zp) * w. */
+/* The U8 epilogue of output channel o: the code of an exact sum s of
+ * (x - x_zero_point) w is s m + b (m = x_scale w_scale / y_scale, b =
+ * bias / y_scale + y_zero_point), clamped to [lo, hi] (the activation's
+ * clamp as codes, within [0, 255]) and rounded half to even.  One
+ * multiply, add and clamp a lane: clamping the real value and then the
+ * code took two, and was a third of a 1x1 layer's time. */
+static inline ds_qcode ds_qcode_of(const ds_qout *e, int64_t o)
+{
+	const float inv = 1.0f / e->y_scale, zp = (float)e->y_zero_point;
+	const float lo = e->lo * inv + zp, hi = e->hi * inv + zp;
+	ds_qcode c;
+
+	c.m = e->x_scale * e->w_scale[o] * inv;
+	c.b = (e->bias ? e->bias[o] : 0.0f) * inv + zp;
+	c.lo = lo > 0.0f ? lo : 0.0f;
+	c.hi = hi < 255.0f ? hi : 255.0f;
+	return c;
+}
+
+static inline uint8_t ds_qcode_at(const ds_qcode *c, int32_t s)
+{
+	float q = (float)s * c->m + c->b;
+
+	q = q > c->lo ? q : c->lo;
+	q = q < c->hi ? q : c->hi;
+	q = (q + 12582912.0f) - 12582912.0f;
+	return (uint8_t)q;
+}
+
+/* The real value of output channel o from acc = sum (x - x_zp) * w: the
+ * F32 output. */
 static inline float ds_qout_real(const ds_qout *e, int64_t o, int32_t acc)
 {
 	float v = (float)acc * (e->x_scale * e->w_scale[o]) + (e->bias ? e->bias[o] : 0.0f);
