@@ -738,15 +738,27 @@ direct_row_out(__m512i c0, __m512i c1, const ds_qout *e, int32_t wsum, int64_t o
 
 	for (int h = 0; h < 2; h++) {
 		v[h] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c[h], corr)), mult), bias);
-		v[h] = _mm512_min_ps(_mm512_max_ps(v[h], lo), hi);
+		if (!e->saturate)
+			v[h] = _mm512_min_ps(_mm512_max_ps(v[h], lo), hi);
 	}
 	if (e->u8) {
-		__m128i b[2];
 		__m256i all;
 
-		for (int h = 0; h < 2; h++)
-			b[h] = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v[h]));
-		all = _mm256_inserti128_si256(_mm256_castsi128_si256(b[0]), b[1], 1);
+		if (e->saturate) {
+			/* Saturating packs work in 128-bit lanes: lane k holds
+			 * codes 4k.. of both halves; dwords 0, 4, 8, 12 then
+			 * 1, 5, 9, 13 put them in order. */
+			const __m512i order = _mm512_set_epi32(15, 15, 15, 15, 15, 15, 15, 15, 13, 9, 5, 1, 12, 8, 4, 0);
+			__m512i w = _mm512_packs_epi32(_mm512_cvtps_epi32(v[0]), _mm512_cvtps_epi32(v[1]));
+
+			all = _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, _mm512_packus_epi16(w, w)));
+		} else {
+			__m128i b[2];
+
+			for (int h = 0; h < 2; h++)
+				b[h] = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v[h]));
+			all = _mm256_inserti128_si256(_mm256_castsi128_si256(b[0]), b[1], 1);
+		}
 		for (int s = 0; s < nseg; s++) {
 			__mmask32 m = (__mmask32)((((uint64_t)1 << sg[s].len) - 1) << sg[s].j);
 
@@ -1260,15 +1272,25 @@ size_t ds_qconv2d_workspace(const ds_conv2d_dims *d)
 	return up(conv_workspace(d), ALIGN) + up((size_t)d->o * sizeof(ds_qcode), ALIGN);
 }
 
-/* e with its table of codes, made at code when it has none. */
-static const ds_qout *with_codes(const ds_qout *e, int64_t o, ds_qcode *code, ds_qout *copy)
+/* e with its table of codes, made at code when it has none; sums of taps
+ * products.  The clamp of a code to [lo, hi] rounds to what the signed
+ * then unsigned saturation of the rounded value (vpackssdw, vpackuswb)
+ * gives when lo <= 0.5 and hi >= 254.5 (round(lo) = 0, round(hi) = 255)
+ * and no value reaches 2^31, where vcvtps2dq would wrap (|sum| <= taps
+ * 255 128): then the kernels may leave out the clamp, two of a code's
+ * few instructions. */
+static const ds_qout *with_codes(const ds_qout *e, int64_t o, int64_t taps, ds_qcode *code, ds_qout *copy)
 {
 	if (!e->u8 || e->code)
 		return e;
-	for (int64_t i = 0; i < o; i++)
-		code[i] = ds_qcode_of(e, i);
 	*copy = *e;
 	copy->code = code;
+	copy->saturate = 1;
+	for (int64_t i = 0; i < o; i++) {
+		code[i] = ds_qcode_of(e, i);
+		copy->saturate &= code[i].lo <= 0.5f && code[i].hi >= 254.5f &&
+				  fabs((double)code[i].m) * 32640.0 * (double)taps + fabs((double)code[i].b) < 1073741824.0;
+	}
 	return copy;
 }
 
@@ -1439,7 +1461,8 @@ void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t 
 	size_t es = out_size(e);
 	ds_qout copy;
 
-	e = with_codes(e, d->o, (ds_qcode *)((char *)ws + up(conv_workspace(d), ALIGN)), &copy);
+	e = with_codes(e, d->o, d->c / d->groups * d->kh * d->kw, (ds_qcode *)((char *)ws + up(conv_workspace(d), ALIGN)),
+		       &copy);
 
 	if (tile != tile_portable && ds_qconv2d_dwq_fits(d)) {
 		ds_qconv2d_dwq_forward(d, x, w, e, y, ws);
@@ -1734,7 +1757,8 @@ void ds_qlinear_forward(int64_t m, int64_t in, int64_t out, const uint8_t *x, co
 	ds_qout copy;
 
 	linear_layout(in, out, &l);
-	e = with_codes(e, out, (ds_qcode *)((char *)ws + up(l.slice_off + l.slice * (size_t)l.threads, ALIGN)), &copy);
+	e = with_codes(e, out, in, (ds_qcode *)((char *)ws + up(l.slice_off + l.slice * (size_t)l.threads, ALIGN)),
+		       &copy);
 #ifdef DS_HAVE_VNNI_BUILD
 	if (tile == tile_vnni) {
 		int64_t blocks4 = (out + 3) / 4;

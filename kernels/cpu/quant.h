@@ -37,6 +37,8 @@ typedef struct ds_qout {
 	int32_t y_zero_point;
 	const ds_qcode *code;        /* U8: ds_qcode_of each output channel; NULL: the
 				      * forward functions make it in their workspace */
+	int saturate;                /* with code: every channel's clamp is no more than
+				      * the narrowing's saturation (see with_codes) */
 } ds_qout;
 
 /* U8 from a real value: round half to even, saturate to [0, 255]; NaN is

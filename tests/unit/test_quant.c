@@ -204,7 +204,9 @@ static void test_conv(const struct qcase *q)
 	e.lo = q->act ? 0.0f : -INFINITY;
 	e.hi = q->act == 2 ? 6.0f : INFINITY;
 	e.u8 = q->u8;
-	e.y_scale = q->act ? 0.01f : 0.02f;
+	/* ReLU6 onto codes up to 150 for odd batches: a clamp short of 255,
+	 * which the narrowing's saturation does not make. */
+	e.y_scale = q->act == 2 && q->n % 2 ? 0.04f : q->act ? 0.01f : 0.02f;
 	e.y_zero_point = q->act ? 0 : 128;
 	ds_qconv2d_forward_ref(&d, x, w, &e, ref);
 	float_conv(&u, x, w, &e, yf);
