@@ -324,10 +324,9 @@ static __attribute__((target("avx512f,avx512bw,avx512vl"), optimize("fp-contract
 dw3_plane_q(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *xf, const float *w9, const ds_qout *e,
 	    int64_t c, void *y)
 {
-	const ds_qcode q = e->u8 ? e->code[c] : (ds_qcode){ 0 };
-	const __m512 mult = _mm512_set1_ps(e->u8 ? q.m : e->x_scale * e->w_scale[c]);
-	const __m512 bias = _mm512_set1_ps(e->u8 ? q.b : e->bias ? e->bias[c] : 0.0f);
-	const __m512 lo = _mm512_set1_ps(e->u8 ? q.lo : e->lo), hi = _mm512_set1_ps(e->u8 ? q.hi : e->hi);
+	const ds_qcode q = DS_QOUT_AFFINE(e, c);
+	const __m512 mult = _mm512_set1_ps(q.m), bias = _mm512_set1_ps(q.b);
+	const __m512 lo = _mm512_set1_ps(q.lo), hi = _mm512_set1_ps(q.hi);
 	__m512 wt[9];
 
 	for (int t = 0; t < 9; t++)
@@ -373,8 +372,8 @@ one3_image(const ds_conv2d_dims *d, const struct dw3_masks *m, const float *xf, 
 	   const float *qb, const ds_qout *e, int64_t o0, int64_t o1, void *y)
 {
 	const int64_t n = d->oh * d->ow, w = d->w;
-	const ds_qcode q = e->u8 ? e->code[o0] : (ds_qcode){ 0 };
-	const __m512 lo = _mm512_set1_ps(e->u8 ? q.lo : e->lo), hi = _mm512_set1_ps(e->u8 ? q.hi : e->hi);
+	const ds_qcode q = DS_QOUT_AFFINE(e, o0);   /* the clamp: the same for every channel */
+	const __m512 lo = _mm512_set1_ps(q.lo), hi = _mm512_set1_ps(q.hi);
 
 	for (int64_t v = 0; v < m->vecs; v++) {
 		const int64_t at = 16 * v;
@@ -445,8 +444,8 @@ one3_image_pooled(const ds_conv2d_dims *d, const uint8_t *xp, const int32_t *ww,
 	const __m512i taps = _mm512_set_epi32(0x1111100f, 0x10100f0e, 0x0f0f0e0d, 0x0e0e0d0c, 0x0d0d0c0b,
 					      0x0c0c0b0a, 0x0b0b0a09, 0x0a0a0908, 0x09090807, 0x08080706,
 					      0x07070605, 0x06060504, 0x05050403, 0x04040302, 0x03030201, 0x02020100);
-	const ds_qcode code = e->u8 ? e->code[o0] : (ds_qcode){ 0 };
-	const __m512 lo = _mm512_set1_ps(e->u8 ? code.lo : e->lo), hi = _mm512_set1_ps(e->u8 ? code.hi : e->hi);
+	const ds_qcode code = DS_QOUT_AFFINE(e, o0);   /* the clamp: the same for every channel */
+	const __m512 lo = _mm512_set1_ps(code.lo), hi = _mm512_set1_ps(code.hi);
 	const __m512i xzp = _mm512_set1_epi32(e->x_zero_point);
 
 	for (int64_t py = 0; py < poh; py++)
@@ -524,10 +523,10 @@ void ds_qconv2d_one3_forward(const ds_conv2d_dims *d, const uint8_t *x, const in
 		float *qm = wf + 9 * d->o, *qb = qm + d->o;
 
 		for (int64_t o = o0; o < o1; o++) {
-			ds_qcode q = e->u8 ? e->code[o] : (ds_qcode){ 0 };
+			ds_qcode q = DS_QOUT_AFFINE(e, o);
 
-			qm[o] = e->u8 ? q.m : e->x_scale * e->w_scale[o];
-			qb[o] = e->u8 ? q.b : e->bias ? e->bias[o] : 0.0f;
+			qm[o] = q.m;
+			qb[o] = q.b;
 		}
 		if (d->pool) {
 			/* A filter row's taps as a word, and each filter's sum. */

@@ -153,8 +153,8 @@ dwq_planes_kh(const ds_conv2d_dims *d, const struct dwq_vec *v, int64_t nv, cons
 {
 	const int64_t in = d->h * d->w, out = d->oh * d->ow, nc = d->c;
 	const int u8 = e->u8;
-	const ds_qcode code = e->u8 ? e->code[0] : (ds_qcode){ 0 };
-	const __m512 lo = _mm512_set1_ps(e->u8 ? code.lo : e->lo), hi = _mm512_set1_ps(e->u8 ? code.hi : e->hi);
+	const ds_qcode code = DS_QOUT_AFFINE(e, 0);   /* the clamp: the same for every channel */
+	const __m512 lo = _mm512_set1_ps(code.lo), hi = _mm512_set1_ps(code.hi);
 	const __m512i xzp = _mm512_set1_epi8((char)e->x_zero_point);
 
 	for (int64_t p = p0; p < p1; p++) {
@@ -248,15 +248,8 @@ void ds_qconv2d_dwq_forward(const ds_conv2d_dims *d, const uint8_t *x, const int
 			ch[c].word[ky] = (int32_t)b;
 		}
 		ch[c].corr = e->x_zero_point * sum;
-		if (e->u8) {
-			ds_qcode q = e->code[c];
-
-			ch[c].mult = q.m;
-			ch[c].bias = q.b;
-		} else {
-			ch[c].mult = e->x_scale * e->w_scale[c];
-			ch[c].bias = e->bias ? e->bias[c] : 0.0f;
-		}
+		ch[c].mult = DS_QOUT_AFFINE(e, c).m;
+		ch[c].bias = DS_QOUT_AFFINE(e, c).b;
 	}
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (planes * d->oh * d->ow >= (1 << 12))

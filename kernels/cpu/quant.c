@@ -198,15 +198,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), optimize("fp-cont
 epi_vnni(const int32_t *acc, const ds_qout *e, const int32_t *wsum, int64_t o0, int64_t rows, int64_t cols, void *y,
 	 int64_t so)
 {
-	__m512 lo = _mm512_set1_ps(e->lo), hi = _mm512_set1_ps(e->hi);
-
 	for (int64_t r = 0; r < rows; r++) {
 		int64_t o = o0 + r;
 		__m512i corr = _mm512_set1_epi32(e->x_zero_point * wsum[r]);
-		ds_qcode c = e->u8 ? e->code[o] : (ds_qcode){ 0 };
-		__m512 mult = _mm512_set1_ps(e->u8 ? c.m : e->x_scale * e->w_scale[o]);
-		__m512 bias = _mm512_set1_ps(e->u8 ? c.b : e->bias ? e->bias[o] : 0.0f);
-		__m512 clo = e->u8 ? _mm512_set1_ps(c.lo) : lo, chi = e->u8 ? _mm512_set1_ps(c.hi) : hi;
+		const ds_qcode c = DS_QOUT_AFFINE(e, o);
+		const __m512 mult = _mm512_set1_ps(c.m), bias = _mm512_set1_ps(c.b);
+		const __m512 lo = _mm512_set1_ps(c.lo), hi = _mm512_set1_ps(c.hi);
 
 		for (int h = 0; h < 2 && h * 16 < cols; h++) {
 			int64_t left = cols - h * 16;
@@ -214,7 +211,7 @@ epi_vnni(const int32_t *acc, const ds_qout *e, const int32_t *wsum, int64_t o0, 
 			__m512i a = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, acc + r * TILE_COLS + h * 16), corr);
 			__m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), mult), bias);
 
-			v = _mm512_min_ps(_mm512_max_ps(v, clo), chi);
+			v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
 			if (e->u8) {
 				/* The saturating narrow into a register, then a plain
 				 * masked store: vpmovusdb to memory is slow on AMD. */
@@ -729,10 +726,9 @@ direct_row_out(__m512i c0, __m512i c1, const ds_qout *e, int32_t wsum, int64_t o
 	       char *y)
 {
 	const __m512i corr = _mm512_set1_epi32(e->x_zero_point * wsum);
-	const ds_qcode q = e->u8 ? e->code[o] : (ds_qcode){ 0 };
-	const __m512 mult = _mm512_set1_ps(e->u8 ? q.m : e->x_scale * e->w_scale[o]);
-	const __m512 bias = _mm512_set1_ps(e->u8 ? q.b : e->bias ? e->bias[o] : 0.0f);
-	const __m512 lo = _mm512_set1_ps(e->u8 ? q.lo : e->lo), hi = _mm512_set1_ps(e->u8 ? q.hi : e->hi);
+	const ds_qcode q = DS_QOUT_AFFINE(e, o);
+	const __m512 mult = _mm512_set1_ps(q.m), bias = _mm512_set1_ps(q.b);
+	const __m512 lo = _mm512_set1_ps(q.lo), hi = _mm512_set1_ps(q.hi);
 	__m512 v[2];
 	__m512i c[2] = { c0, c1 };
 

@@ -85,6 +85,14 @@ static inline uint8_t ds_qcode_at(const ds_qcode *c, int32_t s)
 	return (uint8_t)q;
 }
 
+/* What the kernels apply to the sum of output channel o, for either
+ * output, as a ds_qcode: for codes e->code[o]; for floats x_scale
+ * w_scale, the bias and the activation's clamp.  A macro: the kernels'
+ * vector functions do not inline a function of other options. */
+#define DS_QOUT_AFFINE(e, o)                                                                                         \
+	((e)->u8 ? (e)->code[o]                                                                                    \
+		 : (ds_qcode){ (e)->x_scale * (e)->w_scale[o], (e)->bias ? (e)->bias[o] : 0.0f, (e)->lo, (e)->hi })
+
 /* The real value of output channel o from acc = sum (x - x_zp) * w: the
  * F32 output. */
 static inline float ds_qout_real(const ds_qout *e, int64_t o, int32_t acc)
