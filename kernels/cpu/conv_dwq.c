@@ -33,7 +33,8 @@
  * loads each word byte takes. */
 struct dwq_vec {
 	int64_t in, out;
-	int64_t n;
+	uint64_t first, second;  /* the bytes of the plane each load takes */
+	uint32_t keep;           /* the outputs stored */
 	uint8_t idx[DWQ_KH_MAX][64];
 };
 
@@ -90,10 +91,16 @@ static void dwq_plan(const ds_conv2d_dims *d, struct dwq_vec *v)
 			const int64_t iy0 = oy0 * d->sh - d->ph, ix0 = rows > 1 ? 0 : ox0 * d->sw - d->pw;
 			const int64_t lo = (iy0 > 0 ? iy0 : 0) * d->w + (ix0 > 0 ? ix0 : 0);
 
+			const int64_t left = d->h * d->w - lo;
+
 			memset(v[j].idx, 127, sizeof v[j].idx);
 			v[j].in = lo;
 			v[j].out = oy0 * d->ow + ox0;
-			v[j].n = nr * nx;
+			v[j].keep = (uint32_t)((1u << (nr * nx)) - 1);
+			v[j].first = left >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << left) - 1;
+			/* Never byte 127: the zero point, for taps in the padding. */
+			v[j].second = (left >= 128 ? ~(uint64_t)0 : left <= 64 ? 0 : ((uint64_t)1 << (left - 64)) - 1) &
+				      ~((uint64_t)1 << 63);
 			for (int64_t i = 0; i < nr * nx; i++) {
 				const int64_t oy = oy0 + i / nx, ox = ox0 + i % nx;
 
@@ -168,13 +175,10 @@ dwq_planes_kh(const ds_conv2d_dims *d, const struct dwq_vec *v, int64_t nv, cons
 			word[ky] = _mm512_set1_epi32(k->word[ky]);
 		for (int64_t j = 0; j < nv; j++) {
 			const struct dwq_vec *q = &v[j];
-			int64_t left = in - q->in;
-			__mmask64 m0 = left >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << left) - 1;
-			__mmask64 m1 = left >= 128 ? ~(__mmask64)0 : left <= 64 ? 0 : ((__mmask64)1 << (left - 64)) - 1;
-			__m512i a = _mm512_maskz_loadu_epi8(m0, xc + q->in);
-			/* Byte 127 is the zero point, for taps in the padding. */
-			__m512i b = _mm512_mask_mov_epi8(_mm512_maskz_loadu_epi8(m1 & ~((__mmask64)1 << 63), xc + q->in + 64),
-							 (__mmask64)1 << 63, xzp);
+			__m512i a = _mm512_maskz_loadu_epi8(q->first, xc + q->in);
+			/* The bytes not loaded are the zero point: byte 127 for
+			 * taps in the padding, and any past the plane. */
+			__m512i b = _mm512_mask_loadu_epi8(xzp, q->second, xc + q->in + 64);
 			__m512i acc = _mm512_setzero_si512();
 			__m512 r;
 
@@ -192,9 +196,9 @@ dwq_planes_kh(const ds_conv2d_dims *d, const struct dwq_vec *v, int64_t nv, cons
 				/* Kept in a register: GCC would otherwise fold the
 				 * narrow into the store, slow on AMD. */
 				__asm__("" : "+x"(codes));
-				_mm_mask_storeu_epi8((uint8_t *)y + p * out + q->out, (__mmask16)((1u << q->n) - 1), codes);
+				_mm_mask_storeu_epi8((uint8_t *)y + p * out + q->out, (__mmask16)q->keep, codes);
 			} else {
-				_mm512_mask_storeu_ps((float *)y + p * out + q->out, (__mmask16)((1u << q->n) - 1), r);
+				_mm512_mask_storeu_ps((float *)y + p * out + q->out, (__mmask16)q->keep, r);
 			}
 		}
 	}
