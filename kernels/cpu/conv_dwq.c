@@ -13,7 +13,7 @@
  * word of kw taps each output multiplies: three vpdpbusd make sixteen
  * 3x3 sums.  Taps in the padding read byte 127, which holds the zero
  * point.  The permute indices depend only on the layer's geometry: they
- * are made once a call, the same for every plane.
+ * are made once for the layer, the same for every plane.
  */
 #include "config.h"
 #include "cpu/conv.h"
@@ -29,8 +29,8 @@
 #define DWQ_KH_MAX 4
 
 /* One vector of outputs: where its inputs start in the plane, where its
- * outputs start, how many there are; per filter row, the byte of the two
- * loads each word byte takes. */
+ * outputs start; per filter row, the byte of the two loads each word byte
+ * takes. */
 struct dwq_vec {
 	int64_t in, out;
 	uint64_t first, second;  /* the bytes of the plane each load takes */
@@ -90,9 +90,10 @@ static void dwq_plan(const ds_conv2d_dims *d, struct dwq_vec *v)
 			const int64_t nx = d->ow <= 16 ? d->ow : (d->ow - ox0 < 16 ? d->ow - ox0 : 16);
 			const int64_t iy0 = oy0 * d->sh - d->ph, ix0 = rows > 1 ? 0 : ox0 * d->sw - d->pw;
 			const int64_t lo = (iy0 > 0 ? iy0 : 0) * d->w + (ix0 > 0 ? ix0 : 0);
+			/* Past the plane (a vector all in the padding): nothing. */
+			const int64_t left = d->h * d->w > lo ? d->h * d->w - lo : 0;
 
-			const int64_t left = d->h * d->w - lo;
-
+			memset(&v[j], 0, sizeof v[j]);   /* its padding too: the fingerprint reads it */
 			memset(v[j].idx, 127, sizeof v[j].idx);
 			v[j].in = lo;
 			v[j].out = oy0 * d->ow + ox0;

@@ -596,6 +596,7 @@ int main(void)
 		{ 2, 20, 4, 4, 20, 3, 1, 1, 20, 2, 1, 1, 0 },
 		{ 2, 24, 7, 7, 24, 3, 2, 1, 24, 2, 1, 1, 0 },
 		{ 1, 16, 28, 28, 16, 3, 2, 1, 16, 1, 0, 1, 0 },
+		{ 1, 2, 3, 9, 2, 1, 1, 2, 2, 0, 1, 1, 0 },   /* rows all in the padding */
 		/* a fused 2x2 max-pool: one input channel (conv_dw3.c's padded
 		 * planes; odd sides, rows past 32 pooled outputs, a batch of 1
 		 * split by channels), and the others, pooled after the layer */
