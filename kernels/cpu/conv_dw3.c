@@ -469,19 +469,17 @@ one3_image_pooled(const ds_conv2d_dims *d, const uint8_t *xp, const int32_t *ww,
 					a[q] = _mm512_dpbusd_epi32(a[q], wd[q][1], _mm512_set1_epi32(wo[1]));
 					a[q] = _mm512_dpbusd_epi32(a[q], wd[q][2], _mm512_set1_epi32(wo[2]));
 				}
-				if (mult >= 0.0f) {
-					a[0] = _mm512_max_epi32(a[0], a[2]);
-					a[1] = _mm512_max_epi32(a[1], a[3]);
-					l = _mm512_permutex2var_epi32(a[0], even, a[1]);
-					r = _mm512_permutex2var_epi32(a[0], odd, a[1]);
-					acc = _mm512_max_epi32(l, r);
-				} else {
-					a[0] = _mm512_min_epi32(a[0], a[2]);
-					a[1] = _mm512_min_epi32(a[1], a[3]);
-					l = _mm512_permutex2var_epi32(a[0], even, a[1]);
-					r = _mm512_permutex2var_epi32(a[0], odd, a[1]);
-					acc = _mm512_min_epi32(l, r);
-				}
+				/* The least sum of a window is minus the most of the
+				 * negated sums. */
+				for (int q = 0; q < 4 && mult < 0.0f; q++)
+					a[q] = _mm512_sub_epi32(_mm512_setzero_si512(), a[q]);
+				a[0] = _mm512_max_epi32(a[0], a[2]);
+				a[1] = _mm512_max_epi32(a[1], a[3]);
+				l = _mm512_permutex2var_epi32(a[0], even, a[1]);
+				r = _mm512_permutex2var_epi32(a[0], odd, a[1]);
+				acc = _mm512_max_epi32(l, r);
+				if (mult < 0.0f)
+					acc = _mm512_sub_epi32(_mm512_setzero_si512(), acc);
 				acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(xzp, _mm512_set1_epi32(wsum[o])));
 				v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(mult)),
 						  _mm512_set1_ps(qb[o]));
@@ -519,7 +517,6 @@ void ds_qconv2d_one3_forward(const ds_conv2d_dims *d, const uint8_t *x, const in
 		const int64_t img = it / parts, part = it % parts;
 		const int64_t o0 = d->o * part / parts, o1 = d->o * (part + 1) / parts;
 		float *xf = (float *)ws + ds_kernel_slice() * slice, *wf = xf + one3_plane(d);
-
 		float *qm = wf + 9 * d->o, *qb = qm + d->o;
 
 		for (int64_t o = o0; o < o1; o++) {

@@ -241,6 +241,7 @@ void ds_qconv2d_dwq_forward(const ds_conv2d_dims *d, const uint8_t *x, const int
 
 	for (int64_t c = 0; c < d->c; c++) {
 		const int8_t *wc = w + c * d->kh * d->kw;
+		const ds_qcode q = DS_QOUT_AFFINE(e, c);
 		int32_t sum = 0;
 
 		for (int64_t ky = 0; ky < DWQ_KH_MAX; ky++) {
@@ -253,8 +254,8 @@ void ds_qconv2d_dwq_forward(const ds_conv2d_dims *d, const uint8_t *x, const int
 			ch[c].word[ky] = (int32_t)b;
 		}
 		ch[c].corr = e->x_zero_point * sum;
-		ch[c].mult = DS_QOUT_AFFINE(e, c).m;
-		ch[c].bias = DS_QOUT_AFFINE(e, c).b;
+		ch[c].mult = q.m;
+		ch[c].bias = q.b;
 	}
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (planes * d->oh * d->ow >= (1 << 12))
