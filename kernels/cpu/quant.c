@@ -88,6 +88,15 @@ static int has_avx512bw(void)
 	return has;
 }
 
+static int has_vbmi(void)
+{
+	static int has = -1;
+
+	if (has < 0)
+		has = has_avx512bw() && __builtin_cpu_supports("avx512vbmi");
+	return has;
+}
+
 /* ds_q8 16 lanes at a time: vmaxps returns its second operand for a NaN,
  * as the comparison does, and vcvtps2dq rounds half to even. */
 __attribute__((target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) static int64_t
@@ -666,10 +675,38 @@ static void pack_direct_kx(const ds_conv2d_dims *d, const struct conv_layout *l,
 		koff[k4] = (int32_t)((k4 / d->kh * l->plane + k4 % d->kh * d->dh * pw) * 4);
 }
 
+/* interleave4 on VBMI: the 16 bytes of each row in a 128-bit lane, then
+ * one byte permute puts byte i of lane j at 4i + j (the widening form
+ * below takes four shuffles for the same 64 bytes, and shuffles share one
+ * port). */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi"))) static void
+interleave4_vbmi(const uint8_t *src, int64_t stride, int64_t n, uint8_t *dst)
+{
+	uint8_t index[64];
+	__m512i order;
+
+	for (int i = 0; i < 64; i++)
+		index[i] = (uint8_t)(i % 4 * 16 + i / 4);
+	order = _mm512_loadu_si512(index);
+	for (int64_t i = 0; i < n; i += 16) {
+		__mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+		__m512i rows = _mm512_castsi128_si512(_mm_maskz_loadu_epi8(m, src + i));
+
+		rows = _mm512_inserti32x4(rows, _mm_maskz_loadu_epi8(m, src + stride + i), 1);
+		rows = _mm512_inserti32x4(rows, _mm_maskz_loadu_epi8(m, src + 2 * stride + i), 2);
+		rows = _mm512_inserti32x4(rows, _mm_maskz_loadu_epi8(m, src + 3 * stride + i), 3);
+		_mm512_mask_storeu_epi32(dst + i * 4, m, _mm512_permutexvar_epi8(order, rows));
+	}
+}
+
 /* Words of 4 bytes from 4 rows src + j * stride (j = 0..3) into dst. */
 __attribute__((target("avx512f,avx512bw,avx512vl"))) static void interleave4(const uint8_t *src, int64_t stride,
 									     int64_t n, uint8_t *dst)
 {
+	if (has_vbmi()) {
+		interleave4_vbmi(src, stride, n, dst);
+		return;
+	}
 	for (int64_t i = 0; i < n; i += 16) {
 		__mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
 		__m512i word = _mm512_setzero_si512();
@@ -695,6 +732,17 @@ static void pack_direct(const ds_conv2d_dims *d, const struct conv_layout *l, co
 
 	padded_extent(d, &ph, &pw);
 	cols = d->w < pw - d->pw ? d->w : pw - d->pw;
+	/* No padding and whole rows (a 1x1 layer): each plane of words is the
+	 * image's planes in one run, the zero point only past it. */
+	if (!d->ph && !d->pw && pw == d->w && ph >= d->h && l->direct == 1) {
+		for (int64_t c4 = 0; c4 < l->cg / 4; c4++) {
+			uint8_t *plane = t + c4 * l->plane * 4;
+
+			interleave4(x + (c0 + c4 * 4) * hw, hw, hw, plane);
+			memset(plane + hw * 4, zp, (size_t)((l->plane - hw) * 4));
+		}
+		goto offsets;
+	}
 	memset(t, zp, (size_t)(l->cg * l->plane));
 	for (int64_t c4 = 0; c4 < l->cg / 4; c4++)
 		for (int64_t iy = 0; iy < d->h && iy + d->ph < ph; iy++)
@@ -706,6 +754,7 @@ static void pack_direct(const ds_conv2d_dims *d, const struct conv_layout *l, co
 	}
 	/* k4 = tap * cg / 4 + c4, the order of pack_w_hwc; stepped, not
 	 * divided: two divisions a word were a seventh of resnet-s INT8. */
+offsets:
 	for (int64_t ky = 0, k4 = 0; ky < d->kh; ky++)
 		for (int64_t kx = 0; kx < d->kw; kx++)
 			for (int64_t c4 = 0; c4 < l->cg / 4 && k4 < l->kp / 4; c4++, k4++)
@@ -1890,14 +1939,6 @@ static void max_pool_2x2_runs(const ds_pool_dims *d, const uint8_t *x, uint8_t *
 			  runs < (b + 1) * POOL_RUNS_BLOCK ? runs : (b + 1) * POOL_RUNS_BLOCK, x, y);
 }
 
-static int has_vbmi(void)
-{
-	static int has = -1;
-
-	if (has < 0)
-		has = has_avx512bw() && __builtin_cpu_supports("avx512vbmi");
-	return has;
-}
 #endif
 
 /* The common 2x2 window, stride 2, no padding: no bounds to check. */
