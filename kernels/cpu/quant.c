@@ -787,23 +787,14 @@ direct_row_out(__m512i c0, __m512i c1, const ds_qout *e, int32_t wsum, int64_t o
 			v[h] = _mm512_min_ps(_mm512_max_ps(v[h], lo), hi);
 	}
 	if (e->u8) {
-		__m256i all;
+		/* Saturating packs work in 128-bit lanes: lane k holds codes
+		 * 4k.. of both halves; dwords 0, 4, 8, 12 then 1, 5, 9, 13 put
+		 * them in order.  Codes already clamped within [0, 255] pass
+		 * the saturation unchanged. */
+		const __m512i order = _mm512_set_epi32(15, 15, 15, 15, 15, 15, 15, 15, 13, 9, 5, 1, 12, 8, 4, 0);
+		__m512i w = _mm512_packs_epi32(_mm512_cvtps_epi32(v[0]), _mm512_cvtps_epi32(v[1]));
+		__m256i all = _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, _mm512_packus_epi16(w, w)));
 
-		if (e->saturate) {
-			/* Saturating packs work in 128-bit lanes: lane k holds
-			 * codes 4k.. of both halves; dwords 0, 4, 8, 12 then
-			 * 1, 5, 9, 13 put them in order. */
-			const __m512i order = _mm512_set_epi32(15, 15, 15, 15, 15, 15, 15, 15, 13, 9, 5, 1, 12, 8, 4, 0);
-			__m512i w = _mm512_packs_epi32(_mm512_cvtps_epi32(v[0]), _mm512_cvtps_epi32(v[1]));
-
-			all = _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, _mm512_packus_epi16(w, w)));
-		} else {
-			__m128i b[2];
-
-			for (int h = 0; h < 2; h++)
-				b[h] = _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v[h]));
-			all = _mm256_inserti128_si256(_mm256_castsi128_si256(b[0]), b[1], 1);
-		}
 		for (int s = 0; s < nseg; s++) {
 			__mmask32 m = (__mmask32)((((uint64_t)1 << sg[s].len) - 1) << sg[s].j);
 
@@ -817,6 +808,38 @@ direct_row_out(__m512i c0, __m512i c1, const ds_qout *e, int32_t wsum, int64_t o
 			_mm512_mask_storeu_ps(at, (__mmask16)(m & 0xffff), v[0]);
 			_mm512_mask_storeu_ps(at + 16, (__mmask16)(m >> 16), v[1]);
 		}
+	}
+}
+
+/* direct_row_out for rows whole tiles of codes: each row's 32 columns
+ * one run, stored at y + i * so (the usual tile of a 1x1 layer), with no
+ * runs, masks or per-row choices to make. */
+static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) void
+direct_block_codes(const int32_t *acc, int64_t rows, const ds_qout *e, const int32_t *wsum, int64_t o,
+		   uint8_t *y, int64_t so)
+{
+	const __m512i order = _mm512_set_epi32(15, 15, 15, 15, 15, 15, 15, 15, 13, 9, 5, 1, 12, 8, 4, 0);
+	const int clamp = !e->saturate;
+
+	for (int64_t i = 0; i < rows; i++) {
+		const ds_qcode *q = e->code + o + i;
+		const __m512i corr = _mm512_set1_epi32(e->x_zero_point * wsum[i]);
+		const __m512 mult = _mm512_set1_ps(q->m), bias = _mm512_set1_ps(q->b);
+		__m512 v0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(acc + i * TILE_COLS), corr));
+		__m512 v1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(acc + i * TILE_COLS + 16), corr));
+		__m512i w;
+
+		v0 = _mm512_add_ps(_mm512_mul_ps(v0, mult), bias);
+		v1 = _mm512_add_ps(_mm512_mul_ps(v1, mult), bias);
+		if (clamp) {
+			const __m512 lo = _mm512_set1_ps(q->lo), hi = _mm512_set1_ps(q->hi);
+
+			v0 = _mm512_min_ps(_mm512_max_ps(v0, lo), hi);
+			v1 = _mm512_min_ps(_mm512_max_ps(v1, lo), hi);
+		}
+		w = _mm512_packs_epi32(_mm512_cvtps_epi32(v0), _mm512_cvtps_epi32(v1));
+		_mm256_storeu_si256((__m256i *)(y + i * so),
+				    _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, _mm512_packus_epi16(w, w))));
 	}
 }
 
@@ -981,6 +1004,11 @@ conv_direct_amx(const ds_conv2d_dims *d, const struct conv_layout *l, const int8
 			_tile_stored(1, acc + 16, TILE_COLS * 4);
 			_tile_stored(2, acc + 16 * TILE_COLS, TILE_COLS * 4);
 			_tile_stored(3, acc + 16 * TILE_COLS + 16, TILE_COLS * 4);
+			if (e->u8 && nseg == 1 && sg[0].j == 0 && sg[0].len == TILE_COLS) {
+				direct_block_codes(acc, r1 - r < 32 ? r1 - r : 32, e, wsum + r, g * l->og + r,
+						   (uint8_t *)y + (size_t)(r * p_n + sg[0].at), p_n);
+				continue;
+			}
 			for (int64_t i = 0; i < 32 && r + i < r1; i++)
 				direct_row_out(_mm512_loadu_si512(acc + i * TILE_COLS),
 					       _mm512_loadu_si512(acc + i * TILE_COLS + 16), e, wsum[r + i],
