@@ -2050,48 +2050,60 @@ void ds_qglobal_avg_pool_forward(int64_t planes, int64_t size, const uint8_t *x,
 	}
 }
 
-#ifdef DS_HAVE_VNNI_BUILD
-/* 16 codes at a time, lane by lane the arithmetic of the loop below (no
- * FMA contraction; vcvtps2dq rounds half to even as ds_q8 does). */
-__attribute__((target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) static int64_t
-qadd_avx512(int64_t n, const uint8_t *a, float a_scale, int32_t a_zp, const uint8_t *b, float b_scale, int32_t b_zp,
-	    float lo, float hi, float inv, int32_t y_zp, uint8_t *y)
+ds_qsum ds_qsum_of(float a_scale, int32_t a_zp, float b_scale, int32_t b_zp, float lo, float hi, float y_scale,
+		   int32_t y_zp)
 {
-	__m512 as = _mm512_set1_ps(a_scale), bs = _mm512_set1_ps(b_scale), vlo = _mm512_set1_ps(lo);
-	__m512 vhi = _mm512_set1_ps(hi), vinv = _mm512_set1_ps(inv), zp = _mm512_set1_ps((float)y_zp);
-	__m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.0f);
-	__m512i az = _mm512_set1_epi32(a_zp), bz = _mm512_set1_epi32(b_zp);
+	ds_qsum s;
+	float clo, chi;
+
+	s.ka = a_scale / y_scale;
+	s.kb = b_scale / y_scale;
+	s.c = (float)((double)y_zp - ((double)s.ka * a_zp + (double)s.kb * b_zp));
+	clo = lo / y_scale + (float)y_zp;
+	chi = hi / y_scale + (float)y_zp;
+	s.lo = clo > 0.0f ? clo : 0.0f;
+	s.hi = chi < 255.0f ? chi : 255.0f;
+	return s;
+}
+
+#ifdef DS_HAVE_VNNI_BUILD
+/* 64 codes at a time, lane by lane ds_qsum_at (no FMA contraction;
+ * vcvtps2dq rounds half to even).  The clamped codes pass the saturating
+ * packs unchanged; the packs leave 128-bit lane k holding codes 4k.. of
+ * each quarter, which one dword permute puts in order. */
+__attribute__((target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) static int64_t
+qadd_avx512(int64_t n, const uint8_t *a, const uint8_t *b, const ds_qsum *s, uint8_t *y)
+{
+	const __m512 ka = _mm512_set1_ps(s->ka), kb = _mm512_set1_ps(s->kb), c = _mm512_set1_ps(s->c);
+	const __m512 lo = _mm512_set1_ps(s->lo), hi = _mm512_set1_ps(s->hi);
+	const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
 	int64_t i = 0;
 
-	for (; i + 16 <= n; i += 16) {
-		__m512i ai = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(a + i))), az);
-		__m512i bi = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + i))), bz);
-		__m512 v = _mm512_add_ps(_mm512_mul_ps(as, _mm512_cvtepi32_ps(ai)), _mm512_mul_ps(bs, _mm512_cvtepi32_ps(bi)));
+	for (; i + 64 <= n; i += 64) {
+		__m512i q[4];
 
-		v = _mm512_min_ps(_mm512_max_ps(v, vlo), vhi);
-		v = _mm512_add_ps(_mm512_mul_ps(v, vinv), zp);
-		v = _mm512_min_ps(_mm512_max_ps(v, zero), top);
-		_mm_storeu_si128((__m128i *)(y + i), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v)));
+		for (int j = 0; j < 4; j++) {
+			__m512 fa = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(a + i + 16 * j))));
+			__m512 fb = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + i + 16 * j))));
+			__m512 v = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(ka, fa), _mm512_mul_ps(kb, fb)), c);
+
+			q[j] = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi));
+		}
+		_mm512_storeu_si512(y + i, _mm512_permutexvar_epi32(order, _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]),
+											      _mm512_packs_epi32(q[2], q[3]))));
 	}
 	return i;
 }
-
 #endif
 
-void ds_qadd_forward(int64_t n, const uint8_t *a, float a_scale, int32_t a_zp, const uint8_t *b, float b_scale,
-		     int32_t b_zp, float lo, float hi, float y_scale, int32_t y_zp, uint8_t *y)
+void ds_qadd_forward(int64_t n, const uint8_t *a, const uint8_t *b, const ds_qsum *s, uint8_t *y)
 {
-	float inv = 1.0f / y_scale;
 	int64_t i = 0;
 
 #ifdef DS_HAVE_VNNI_BUILD
-	if (has_avx512bw() && !isnan(lo) && !isnan(hi))
-		i = qadd_avx512(n, a, a_scale, a_zp, b, b_scale, b_zp, lo, hi, inv, y_zp, y);
+	if (has_avx512bw())
+		i = qadd_avx512(n, a, b, s, y);
 #endif
-	for (; i < n; i++) {
-		float v = a_scale * (float)((int32_t)a[i] - a_zp) + b_scale * (float)((int32_t)b[i] - b_zp);
-
-		v = fminf(fmaxf(v, lo), hi);
-		y[i] = ds_q8(v, inv, y_zp);
-	}
+	for (; i < n; i++)
+		y[i] = ds_qsum_at(s, a[i], b[i]);
 }

@@ -26,6 +26,29 @@ typedef struct ds_qcode {
 	float m, b, lo, hi;
 } ds_qcode;
 
+/* qadd's arithmetic: codes a and b become round(clamp((ka a + kb b) + c,
+ * lo, hi)), half to even, each product and sum rounded to F32, with ka =
+ * a_scale / y_scale, kb = b_scale / y_scale, c = y_zero_point - (ka
+ * a_zero_point + kb b_zero_point) (in double, then F32) and [lo, hi] the
+ * activation's range as codes, within [0, 255].  Exchanging a and b
+ * changes no bit. */
+typedef struct ds_qsum {
+	float ka, kb, c, lo, hi;
+} ds_qsum;
+
+ds_qsum ds_qsum_of(float a_scale, int32_t a_zp, float b_scale, int32_t b_zp, float lo, float hi, float y_scale,
+		   int32_t y_zp);
+
+static inline uint8_t ds_qsum_at(const ds_qsum *s, uint8_t a, uint8_t b)
+{
+	float q = (s->ka * (float)a + s->kb * (float)b) + s->c;
+
+	q = q > s->lo ? q : s->lo;
+	q = q < s->hi ? q : s->hi;
+	q = (q + 12582912.0f) - 12582912.0f;
+	return (uint8_t)q;
+}
+
 typedef struct ds_qout {
 	float x_scale;               /* the input's quantization */
 	int32_t x_zero_point;
@@ -172,8 +195,7 @@ void ds_qlinear_forward_ref(int64_t m, int64_t in, int64_t out, const uint8_t *x
 void ds_qmax_pool_forward(const ds_pool_dims *d, const uint8_t *x, uint8_t *y);
 /* planes = n * c of size elements each; the mean code, rounded half up. */
 void ds_qglobal_avg_pool_forward(int64_t planes, int64_t size, const uint8_t *x, uint8_t *y);
-/* y = a + b elementwise (same shapes), clamped to [lo, hi], requantized. */
-void ds_qadd_forward(int64_t n, const uint8_t *a, float a_scale, int32_t a_zp, const uint8_t *b, float b_scale,
-		     int32_t b_zp, float lo, float hi, float y_scale, int32_t y_zp, uint8_t *y);
+/* y = ds_qsum_at(s, a, b) elementwise; y may be a or b. */
+void ds_qadd_forward(int64_t n, const uint8_t *a, const uint8_t *b, const ds_qsum *s, uint8_t *y);
 
 #endif

@@ -407,14 +407,15 @@ static int qadd_forward_cpu(const ds_op_args *a, ds_error *err)
 {
 	float as, bs, ys, lo, hi;
 	int32_t az, bz, yz;
+	ds_qsum sum;
 	int present, rc;
 
 	if ((rc = qparams(a->node, "a_", 1, &as, &az, &present, err)) ||
 	    (rc = qparams(a->node, "b_", 1, &bs, &bz, &present, err)) ||
 	    (rc = qparams(a->node, "y_", 1, &ys, &yz, &present, err)) || (rc = activation(a->node, &lo, &hi, err)))
 		return rc;
-	ds_qadd_forward(ds_tensor_numel(a->out[0]), a->in[0]->data, as, az, a->in[1]->data, bs, bz, lo, hi, ys, yz,
-			a->out[0]->data);
+	sum = ds_qsum_of(as, az, bs, bz, lo, hi, ys, yz);
+	ds_qadd_forward(ds_tensor_numel(a->out[0]), a->in[0]->data, a->in[1]->data, &sum, a->out[0]->data);
 	return 0;
 }
 

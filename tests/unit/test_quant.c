@@ -391,22 +391,37 @@ static void test_pool_add(void)
 	for (int64_t i = 0; i < nx; i++)
 		yf[i] = fminf(fmaxf(xf[i] + bf[i], 0.0f), 6.0f);
 	ds_quantize_f32(nx, yf, 6.0f / 255, 0, want);
-	ds_qadd_forward(nx, x, s, z, b, 0.05f, 128, 0.0f, 6.0f, 6.0f / 255, 0, y);
-	ok(max_code_diff(y, want, nx) <= 1, "qadd with relu6 within one step");
-	/* The vector loop against the formula, element by element. */
-	for (int act = 0; act < 2; act++) {
-		float lo = act ? 0.0f : -INFINITY, hi = act ? INFINITY : INFINITY, ys = act ? 0.04f : 0.07f;
-		int32_t yz = act ? 0 : 131;
-		int same = 1;
+	{
+		ds_qsum sum = ds_qsum_of(s, z, 0.05f, 128, 0.0f, 6.0f, 6.0f / 255, 0);
 
-		ds_qadd_forward(nx, x, s, z, b, 0.05f, 128, lo, hi, ys, yz, y);
+		ds_qadd_forward(nx, x, b, &sum, y);
+		ok(max_code_diff(y, want, nx) <= 1, "qadd with relu6 within one step");
+	}
+	/* The vector loop against the formula, element by element; the
+	 * operands exchanged change no bit; in place. */
+	for (int act = 0; act < 3; act++) {
+		float lo = act ? 0.0f : -INFINITY, hi = act == 2 ? 3.0f : INFINITY, ys = act ? 0.04f : 0.07f;
+		int32_t yz = act ? 0 : 131;
+		ds_qsum sum = ds_qsum_of(s, z, 0.05f, 128, lo, hi, ys, yz), swapped = ds_qsum_of(0.05f, 128, s, z, lo, hi, ys, yz);
+		uint8_t *y2 = malloc((size_t)nx);
+		int same = 1, sym = 1;
+
+		ds_qadd_forward(nx, x, b, &sum, y);
 		for (int64_t i = 0; i < nx; i++) {
 			float v = s * (float)((int32_t)x[i] - z) + 0.05f * (float)((int32_t)b[i] - 128);
+			uint8_t exact;
 
 			v = fminf(fmaxf(v, lo), hi);
-			same &= y[i] == ds_q8(v, 1.0f / ys, yz);
+			exact = ds_q8(v, 1.0f / ys, yz);
+			same &= y[i] == ds_qsum_at(&sum, x[i], b[i]) && abs((int)y[i] - (int)exact) <= 1;
 		}
-		ok(same, "qadd act%d equals the scalar formula", act);
+		ok(same, "qadd act%d equals ds_qsum_at and is within one step of the real sum", act);
+		memcpy(y2, b, (size_t)nx);
+		ds_qadd_forward(nx, y2, x, &swapped, y2);
+		for (int64_t i = 0; i < nx; i++)
+			sym &= y2[i] == y[i];
+		ok(sym, "qadd act%d with its operands exchanged, in place, is the same to the bit", act);
+		free(y2);
 	}
 }
 
