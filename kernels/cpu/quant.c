@@ -881,15 +881,20 @@ direct_tile_out(const int8_t *w, int64_t kp, const uint8_t *base, const int32_t 
  * padded rows that lie in one output row; returns their count. */
 static int direct_segments(const ds_conv2d_dims *d, const struct conv_layout *l, int64_t q0, struct seg *sg)
 {
+	int64_t oy = q0 / l->pw, ox = q0 % l->pw;
 	int nseg = 0;
 
-	for (int64_t j = 0; j < TILE_COLS;) {
-		int64_t q = q0 + j, oy = q / l->pw, ox = q % l->pw, len;
-
+	/* Stepped along the rows, not divided: the divisions were 3% of
+	 * resnet-s INT8. */
+	for (int64_t j = 0, len; j < TILE_COLS; j += len, ox += len) {
+		if (ox >= l->pw) {
+			oy++;
+			ox = 0;
+		}
 		if (oy >= d->oh)
 			break;
 		if (ox >= d->ow) {
-			j += l->pw - ox;
+			len = l->pw - ox;
 			continue;
 		}
 		len = d->ow - ox < TILE_COLS - j ? d->ow - ox : TILE_COLS - j;
@@ -899,7 +904,6 @@ static int direct_segments(const ds_conv2d_dims *d, const struct conv_layout *l,
 			sg[nseg - 1].len += len;
 		else
 			sg[nseg++] = (struct seg){ .j = j, .len = len, .at = oy * d->ow + ox };
-		j += len;
 	}
 	return nseg;
 }
