@@ -682,12 +682,14 @@ static void pack_direct_kx(const ds_conv2d_dims *d, const struct conv_layout *l,
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi"))) static void
 interleave4_vbmi(const uint8_t *src, int64_t stride, int64_t n, uint8_t *dst)
 {
-	uint8_t index[64];
-	__m512i order;
-
-	for (int i = 0; i < 64; i++)
-		index[i] = (uint8_t)(i % 4 * 16 + i / 4);
-	order = _mm512_loadu_si512(index);
+	/* Byte 4i + j from byte i of lane j. */
+	static const uint8_t index[64] = {
+		0,  16, 32, 48, 1,  17, 33, 49, 2,  18, 34, 50, 3,  19, 35, 51,
+		4,  20, 36, 52, 5,  21, 37, 53, 6,  22, 38, 54, 7,  23, 39, 55,
+		8,  24, 40, 56, 9,  25, 41, 57, 10, 26, 42, 58, 11, 27, 43, 59,
+		12, 28, 44, 60, 13, 29, 45, 61, 14, 30, 46, 62, 15, 31, 47, 63,
+	};
+	const __m512i order = _mm512_loadu_si512(index);
 	for (int64_t i = 0; i < n; i += 16) {
 		__mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
 		__m512i rows = _mm512_castsi128_si512(_mm_maskz_loadu_epi8(m, src + i));
