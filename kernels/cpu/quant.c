@@ -1342,6 +1342,8 @@ static size_t conv_workspace(const ds_conv2d_dims *d)
 	}
 	if (ds_qconv2d_one3_fits(d) && ds_qconv2d_one3_workspace(d) > a.slice_off + a.slice * (size_t)a.threads)
 		return ds_qconv2d_one3_workspace(d);
+	if (ds_qconv2d_pxq_workspace(d) > a.slice_off + a.slice * (size_t)a.threads)
+		return ds_qconv2d_pxq_workspace(d);
 	return a.slice_off + a.slice * (size_t)a.threads;
 }
 
@@ -1582,6 +1584,11 @@ void ds_qconv2d_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t 
 		}
 #endif
 		depthwise(d, x, w, e, y);
+		return;
+	}
+	/* At least an image a thread: it shares out images only. */
+	if (e->u8 && ds_qconv2d_pxq_fits(d) && d->n >= ds_kernel_threads()) {
+		ds_qconv2d_pxq_forward(d, x, w, e, y, ws);
 		return;
 	}
 	conv_layout(d, tile != tile_portable, ds_qgemm_amx(), &l);
