@@ -813,16 +813,23 @@ direct_row_out(__m512i c0, __m512i c1, const ds_qout *e, int32_t wsum, int64_t o
 	}
 }
 
-/* direct_row_out for rows whole tiles of codes: each row's 32 columns
- * one run, stored at y + i * so (the usual tile of a 1x1 layer), with no
- * runs, masks or per-row choices to make. */
+/* direct_row_out for rows of codes: the runs' masks made once for all the
+ * rows (each row's 32 columns store with the same runs at y + i * so), no
+ * per-row choices; one plain store a row when the run is whole (the
+ * usual tile of a 1x1 layer). */
 static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) void
-direct_block_codes(const int32_t *acc, int64_t rows, const ds_qout *e, const int32_t *wsum, int64_t o,
-		   uint8_t *y, int64_t so)
+direct_rows_codes(const int32_t *acc, int64_t rows, const ds_qout *e, const int32_t *wsum, int64_t o,
+		  const struct seg *sg, int nseg, uint8_t *y, int64_t so)
 {
 	const __m512i order = _mm512_set_epi32(15, 15, 15, 15, 15, 15, 15, 15, 13, 9, 5, 1, 12, 8, 4, 0);
-	const int clamp = !e->saturate;
+	const int clamp = !e->saturate, whole = nseg == 1 && sg[0].j == 0 && sg[0].len == TILE_COLS;
+	__mmask32 mask[TILE_COLS];
+	int64_t at[TILE_COLS];
 
+	for (int s = 0; s < nseg; s++) {
+		mask[s] = (__mmask32)((((uint64_t)1 << sg[s].len) - 1) << sg[s].j);
+		at[s] = sg[s].at - sg[s].j;
+	}
 	for (int64_t i = 0; i < rows; i++) {
 		const ds_qcode *q = e->code + o + i;
 		const __m512i corr = _mm512_set1_epi32(e->x_zero_point * wsum[i]);
@@ -830,6 +837,7 @@ direct_block_codes(const int32_t *acc, int64_t rows, const ds_qout *e, const int
 		__m512 v0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(acc + i * TILE_COLS), corr));
 		__m512 v1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(acc + i * TILE_COLS + 16), corr));
 		__m512i w;
+		__m256i codes;
 
 		v0 = _mm512_add_ps(_mm512_mul_ps(v0, mult), bias);
 		v1 = _mm512_add_ps(_mm512_mul_ps(v1, mult), bias);
@@ -840,8 +848,13 @@ direct_block_codes(const int32_t *acc, int64_t rows, const ds_qout *e, const int
 			v1 = _mm512_min_ps(_mm512_max_ps(v1, lo), hi);
 		}
 		w = _mm512_packs_epi32(_mm512_cvtps_epi32(v0), _mm512_cvtps_epi32(v1));
-		_mm256_storeu_si256((__m256i *)(y + i * so),
-				    _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, _mm512_packus_epi16(w, w))));
+		codes = _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, _mm512_packus_epi16(w, w)));
+		if (whole) {
+			_mm256_storeu_si256((__m256i *)(y + i * so + at[0]), codes);
+			continue;
+		}
+		for (int s = 0; s < nseg; s++)
+			_mm256_mask_storeu_epi8(y + i * so + at[s], mask[s], codes);
 	}
 }
 
@@ -1010,9 +1023,9 @@ conv_direct_amx(const ds_conv2d_dims *d, const struct conv_layout *l, const int8
 			_tile_stored(1, acc + 16, TILE_COLS * 4);
 			_tile_stored(2, acc + 16 * TILE_COLS, TILE_COLS * 4);
 			_tile_stored(3, acc + 16 * TILE_COLS + 16, TILE_COLS * 4);
-			if (e->u8 && nseg == 1 && sg[0].j == 0 && sg[0].len == TILE_COLS) {
-				direct_block_codes(acc, r1 - r < 32 ? r1 - r : 32, e, wsum + r, g * l->og + r,
-						   (uint8_t *)y + (size_t)(r * p_n + sg[0].at), p_n);
+			if (e->u8) {
+				direct_rows_codes(acc, r1 - r < 32 ? r1 - r : 32, e, wsum + r, g * l->og + r, sg, nseg,
+						  (uint8_t *)y + (size_t)(r * p_n), p_n);
 				continue;
 			}
 			for (int64_t i = 0; i < 32 && r + i < r1; i++)
