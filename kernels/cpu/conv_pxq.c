@@ -1,4 +1,4 @@
-/* conv_pxq.c - INT8 convolutions of 16 input channels, stride 1, on AMX
+/* conv_pxq.c - INT8 convolutions of 16 input channels, stride 1 or 2, on AMX
  * with the output pixels as the rows of the tile products.
  *
  * quant.c's direct form makes filters the rows of a product and pixels its
@@ -36,26 +36,33 @@ static int64_t up64(int64_t n)
 	return (n + 63) / 64 * 64;
 }
 
-/* The padded input: pw columns; qe rows of tiles (positions of the padded
- * grid, q = oy * pw + ox), and the 15 a last tile may take past them. */
+/* The padded input: pw columns (a multiple of the stride s); its rows in
+ * s phases of phase bytes, row r at r / s of phase r % s, so that for
+ * every filter row the pixels a tile reads are s * 16 bytes apart.  Tiles
+ * run over qe positions of a grid gw = pw / s wide (q = oy * gw + ox; ox
+ * from ow on are computed and dropped), and the 15 a last tile may take
+ * past them. */
 struct pxq_geom {
-	int64_t pw, qe, xp_bytes, out_bytes, slice;
+	int64_t s, pw, gw, qe, phase, out_bytes, slice;
 };
 
 static void pxq_geom(const ds_conv2d_dims *d, struct pxq_geom *g)
 {
-	g->pw = d->ow + d->kw - 1;
-	g->qe = d->oh * g->pw;
-	g->xp_bytes = up64((g->qe + 16 + (d->kh - 1) * g->pw + d->kw) * PXQ_C);
+	g->s = d->sh;
+	g->pw = ((d->ow - 1) * g->s + d->kw + g->s - 1) / g->s * g->s;
+	g->gw = g->pw / g->s;
+	g->qe = d->oh * g->gw;
+	g->phase = up64(((g->qe + 16) * g->s + (d->kh - 1) / g->s * g->pw + d->kw) * PXQ_C);
 	g->out_bytes = up64((g->qe + 16) * PXQ_C);
-	g->slice = g->xp_bytes + g->out_bytes;
+	g->slice = g->s * g->phase + g->out_bytes;
 }
 
 static int pxq_shape(const ds_conv2d_dims *d)
 {
 	/* A row of one tap has nothing to gain over the direct form: 1x1
 	 * 16 -> 64 at 28x28 took 2.4 times its time here. */
-	return d->groups == 1 && d->c == PXQ_C && d->sh == 1 && d->sw == 1 && d->dh == 1 && d->dw == 1 &&
+	return d->groups == 1 && d->c == PXQ_C && (d->sh == 1 || d->sh == 2) && d->sw == d->sh && d->dh == 1 &&
+	       d->dw == 1 &&
 	       d->kh <= PXQ_KH_MAX && d->kw <= PXQ_KW_MAX && d->kh >= 1 && d->kw >= 2 && !d->pool && d->oh > 0 &&
 	       d->ow > 0 && d->ph < d->kh && d->pw < d->kw;
 }
@@ -179,11 +186,12 @@ pxq_pack_input(const ds_conv2d_dims *d, const struct pxq_geom *g, const struct p
 {
 	const int64_t hw = d->h * d->w, cols = d->w < g->pw - d->pw ? d->w : g->pw - d->pw;
 
-	memset(xp, zp, (size_t)g->xp_bytes);
+	memset(xp, zp, (size_t)(g->s * g->phase));
 	for (int64_t iy = 0; iy < d->h; iy++) {
-		uint8_t *row = xp + ((iy + d->ph) * g->pw + d->pw) * PXQ_C;
+		const int64_t r = iy + d->ph;
+		uint8_t *row = xp + r % g->s * g->phase + (r / g->s * g->pw + d->pw) * PXQ_C;
 
-		if (iy + d->ph >= d->oh + d->kh - 1)
+		if (r >= (d->oh - 1) * g->s + d->kh)
 			break;
 		for (int64_t x0 = 0; x0 < cols; x0 += 16) {
 			const int64_t n = cols - x0 < 16 ? cols - x0 : 16;
@@ -220,7 +228,7 @@ pxq_unpack_output(const ds_conv2d_dims *d, const struct pxq_geom *g, const struc
 		for (int64_t x0 = 0; x0 < d->ow; x0 += 16) {
 			const int64_t n = d->ow - x0 < 16 ? d->ow - x0 : 16;
 			const __mmask16 m = (__mmask16)(n == 16 ? 0xffff : (1u << n) - 1);
-			const uint8_t *src = out + (oy * g->pw + x0) * PXQ_C;
+			const uint8_t *src = out + (oy * g->gw + x0) * PXQ_C;
 			uint8_t *dst = y + (f0 * d->oh + oy) * d->ow + x0;
 			__m512i z[4], o[4];
 
@@ -272,7 +280,7 @@ pxq_image(const ds_conv2d_dims *d, const struct pxq_geom *g, const struct pxq_pe
 	};
 	const __m512i order = _mm512_loadu_si512(rows_order);
 	const int64_t rows = d->kw * 4;
-	uint8_t *xp = slice, *out = slice + g->xp_bytes;
+	uint8_t *xp = slice, *out = slice + g->s * g->phase;
 	struct pxq_amx_config cfg;
 	int32_t acc[32 * 16];
 
@@ -321,15 +329,19 @@ pxq_image(const ds_conv2d_dims *d, const struct pxq_geom *g, const struct pxq_pe
 		if (d->kh > 3)
 			_tile_loadd(7, wb + 3 * rows * 64, 64);
 		for (int64_t q0 = 0; q0 < g->qe; q0 += 32) {
-			const uint8_t *a = xp + q0 * PXQ_C;
+			const int64_t step = g->s * PXQ_C;
+			const uint8_t *a = xp + q0 * step;
 			const int two = g->qe - q0 > 16;
 
+			/* Filter row ky reads phase ky % s, ky / s rows down. */
 #define PXQ_ROW(ky, bt)                                                                      \
 	do {                                                                                 \
-		_tile_loadd(2, a + (ky) * g->pw * PXQ_C, PXQ_C);                             \
+		const uint8_t *at = a + (ky) % g->s * g->phase + (ky) / g->s * g->pw * PXQ_C;  \
+                                                                                             \
+		_tile_loadd(2, at, step);                                                    \
 		_tile_dpbusd(0, 2, bt);                                                      \
 		if (two) {                                                                   \
-			_tile_loadd(3, a + ((ky) * g->pw + 16) * PXQ_C, PXQ_C);              \
+			_tile_loadd(3, at + 16 * step, step);                                \
 			_tile_dpbusd(1, 3, bt);                                              \
 		}                                                                            \
 	} while (0)
