@@ -28,7 +28,7 @@
 #endif
 
 #define PXQ_C 16
-#define PXQ_KH_MAX 4
+#define PXQ_KH_MAX 3
 #define PXQ_KW_MAX 4
 
 static int64_t up64(int64_t n)
@@ -260,12 +260,15 @@ pxq_unpack_output(const ds_conv2d_dims *d, const struct pxq_geom *g, const struc
 		}
 }
 
-/* One image: for each block of 16 filters its kh tiles of filters, loaded
- * once; per 32 pixels (rows q of the padded grid; those with ox >= ow are
- * computed and dropped) two tiles of sums.  Then ds_qcode_at lane by
- * lane, filters in the lanes, so that its constants are vectors; the
- * codes stay channels-last in out.  (Four tiles of sums with the filters
- * loaded each filter row instead took 10% longer.) */
+/* One image: for each block of 16 filters its kh tiles of filters (5 to
+ * 7), loaded once; per 32 pixels (rows q of the grid) two tiles of sums,
+ * kh products each, the even blocks' in tiles 0 and 1, the odd ones' in 2
+ * and 3.  A block's products are issued before the epilogue of the one
+ * before it, which then runs on the vector units while the tile unit
+ * works: a block's chain of kh products on its own took longer than its
+ * epilogue.  The epilogue is ds_qcode_at lane by lane, filters in the
+ * lanes, so that its constants are vectors; the codes stay channels-last
+ * in out. */
 static __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512vbmi"), optimize("fp-contract=off"))) void
 pxq_image(const ds_conv2d_dims *d, const struct pxq_geom *g, const struct pxq_perm *p, const int8_t *wp,
 	  const int32_t *wsum, const uint8_t *x, const ds_qout *e, uint8_t *y, uint8_t *slice)
@@ -279,7 +282,7 @@ pxq_image(const ds_conv2d_dims *d, const struct pxq_geom *g, const struct pxq_pe
 		12, 13, 14, 15, 28, 29, 30, 31, 44, 45, 46, 47, 60, 61, 62, 63,
 	};
 	const __m512i order = _mm512_loadu_si512(rows_order);
-	const int64_t rows = d->kw * 4;
+	const int64_t rows = d->kw * 4, step = g->s * PXQ_C, blocks = (g->qe + 31) / 32;
 	uint8_t *xp = slice, *out = slice + g->s * g->phase;
 	struct pxq_amx_config cfg;
 	int32_t acc[32 * 16];
@@ -287,15 +290,13 @@ pxq_image(const ds_conv2d_dims *d, const struct pxq_geom *g, const struct pxq_pe
 	pxq_pack_input(d, g, p, x, (uint8_t)e->x_zero_point, xp);
 	memset(&cfg, 0, sizeof cfg);
 	cfg.palette = 1;
-	for (int i = 0; i < 2; i++) {
+	for (int i = 0; i < 4; i++) {
 		cfg.colsb[i] = 64;   /* C: 16 pixels by 16 int32 filters */
 		cfg.rows[i] = 16;
 	}
-	for (int i = 2; i < 4; i++) {
-		cfg.colsb[i] = (uint16_t)(d->kw * PXQ_C);   /* A: 16 pixels' rows of taps */
-		cfg.rows[i] = 16;
-	}
-	for (int i = 4; i < 4 + d->kh; i++) {
+	cfg.colsb[4] = (uint16_t)(d->kw * PXQ_C);   /* A: 16 pixels' rows of taps */
+	cfg.rows[4] = 16;
+	for (int i = 5; i < 5 + d->kh; i++) {
 		cfg.colsb[i] = 64;   /* B: kw * 4 words of 16 filters */
 		cfg.rows[i] = (uint8_t)rows;
 	}
@@ -320,45 +321,54 @@ pxq_image(const ds_conv2d_dims *d, const struct pxq_geom *g, const struct pxq_pe
 		lo = _mm512_loadu_ps(clo);
 		hi = _mm512_loadu_ps(chi);
 		corr = _mm512_loadu_si512(cc);
-		/* The filter tiles: tile 4 + ky. */
-		_tile_loadd(4, wb, 64);
+		_tile_loadd(5, wb, 64);
 		if (d->kh > 1)
-			_tile_loadd(5, wb + rows * 64, 64);
+			_tile_loadd(6, wb + rows * 64, 64);
 		if (d->kh > 2)
-			_tile_loadd(6, wb + 2 * rows * 64, 64);
-		if (d->kh > 3)
-			_tile_loadd(7, wb + 3 * rows * 64, 64);
-		for (int64_t q0 = 0; q0 < g->qe; q0 += 32) {
-			const int64_t step = g->s * PXQ_C;
-			const uint8_t *a = xp + q0 * step;
-			const int two = g->qe - q0 > 16;
-
-			/* Filter row ky reads phase ky % s, ky / s rows down. */
-#define PXQ_ROW(ky, bt)                                                                      \
-	do {                                                                                 \
-		const uint8_t *at = a + (ky) % g->s * g->phase + (ky) / g->s * g->pw * PXQ_C;  \
-                                                                                             \
-		_tile_loadd(2, at, step);                                                    \
-		_tile_dpbusd(0, 2, bt);                                                      \
-		if (two) {                                                                   \
-			_tile_loadd(3, at + 16 * step, step);                                \
-			_tile_dpbusd(1, 3, bt);                                              \
-		}                                                                            \
+			_tile_loadd(7, wb + 2 * rows * 64, 64);
+		/* Block k's products into tiles c0 and c1.  Filter row ky reads
+		 * phase ky % s, ky / s rows down. */
+#define PXQ_ROW(c0, c1, ky, bt)                                                               \
+	do {                                                                                  \
+		const uint8_t *at = a + (ky) % g->s * g->phase + (ky) / g->s * g->pw * PXQ_C;   \
+                                                                                              \
+		_tile_loadd(4, at, step);                                                     \
+		_tile_dpbusd(c0, 4, bt);                                                      \
+		if (two) {                                                                    \
+			_tile_loadd(4, at + 16 * step, step);                                 \
+			_tile_dpbusd(c1, 4, bt);                                              \
+		}                                                                             \
 	} while (0)
-			_tile_zero(0);
-			_tile_zero(1);
-			PXQ_ROW(0, 4);
-			if (d->kh > 1)
-				PXQ_ROW(1, 5);
-			if (d->kh > 2)
-				PXQ_ROW(2, 6);
-			if (d->kh > 3)
-				PXQ_ROW(3, 7);
-#undef PXQ_ROW
-			_tile_stored(0, acc, 64);
-			_tile_stored(1, acc + 16 * 16, 64);
-			for (int i = 0; i < (two ? 32 : 16); i += 4) {
-				__m512i c[4];
+#define PXQ_ISSUE(c0, c1, k)                                                                  \
+	do {                                                                                  \
+		const uint8_t *a = xp + (k) * 32 * step;                                      \
+		const int two = g->qe - (k) * 32 > 16;                                        \
+                                                                                              \
+		_tile_zero(c0);                                                               \
+		_tile_zero(c1);                                                               \
+		PXQ_ROW(c0, c1, 0, 5);                                                        \
+		if (d->kh > 1)                                                                \
+			PXQ_ROW(c0, c1, 1, 6);                                                \
+		if (d->kh > 2)                                                                \
+			PXQ_ROW(c0, c1, 2, 7);                                                \
+	} while (0)
+		PXQ_ISSUE(0, 1, 0);
+		for (int64_t k = 0; k < blocks; k++) {
+			const int64_t q0 = k * 32, n = g->qe - q0 > 16 ? 32 : 16;
+
+			if (k % 2) {
+				if (k + 1 < blocks)
+					PXQ_ISSUE(0, 1, k + 1);
+				_tile_stored(2, acc, 64);
+				_tile_stored(3, acc + 16 * 16, 64);
+			} else {
+				if (k + 1 < blocks)
+					PXQ_ISSUE(2, 3, k + 1);
+				_tile_stored(0, acc, 64);
+				_tile_stored(1, acc + 16 * 16, 64);
+			}
+			for (int64_t i = 0; i < n; i += 4) {
+				__m512i q[4];
 
 #pragma GCC unroll 4
 				for (int j = 0; j < 4; j++) {
@@ -366,14 +376,16 @@ pxq_image(const ds_conv2d_dims *d, const struct pxq_geom *g, const struct pxq_pe
 						_mm512_sub_epi32(_mm512_loadu_si512(acc + (i + j) * 16), corr));
 
 					v = _mm512_add_ps(_mm512_mul_ps(v, mult), bias);
-					c[j] = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi));
+					q[j] = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi));
 				}
 				_mm512_storeu_si512(out + (q0 + i) * PXQ_C,
 						    _mm512_permutexvar_epi8(order,
-									    _mm512_packus_epi16(_mm512_packs_epi32(c[0], c[1]),
-												_mm512_packs_epi32(c[2], c[3]))));
+									    _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]),
+												_mm512_packs_epi32(q[2], q[3]))));
 			}
 		}
+#undef PXQ_ISSUE
+#undef PXQ_ROW
 		pxq_unpack_output(d, g, p, out, f0, y);
 	}
 	_tile_release();

@@ -175,7 +175,7 @@ size_t ds_qconv2d_dwq_workspace(const ds_conv2d_dims *d);
 void ds_qconv2d_dwq_forward(const ds_conv2d_dims *d, const uint8_t *x, const int8_t *w, const ds_qout *e,
 			    void *y, void *ws);
 
-/* Layers of 16 input channels, stride 1 or 2, filters up to 4x4 and at
+/* Layers of 16 input channels, stride 1 or 2, filters up to 3x4 and at
  * least 2 wide, U8 out, on AMX with pixels as the rows of the products
  * (conv_pxq.c); the results are ds_qconv2d_forward's. */
 int ds_qconv2d_pxq_fits(const ds_conv2d_dims *d);

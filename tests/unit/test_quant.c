@@ -604,8 +604,8 @@ int main(void)
 		{ 2, 24, 9, 9, 12, 3, 1, 1, 2, 1, 1, 1, 0 },
 		/* 16 input channels on AMX, pixels as rows (conv_pxq.c):
 		 * filters past 16 and not in blocks of 16, rows of 16 pixels
-		 * and a tail, no padding, 2x2 and 4x4 filters; 1x1 goes the
-		 * direct form */
+		 * and a tail, no padding, 2x2 filters; 1x1 and 4 rows of taps
+		 * go the direct form */
 		{ 2, 16, 28, 28, 16, 3, 1, 1, 1, 1, 1, 1, 0 },
 		{ 3, 16, 14, 14, 20, 3, 1, 1, 1, 2, 1, 1, 0 },
 		{ 2, 16, 7, 33, 16, 3, 1, 1, 1, 0, 1, 1, 0 },
