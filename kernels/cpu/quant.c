@@ -2079,44 +2079,54 @@ void ds_qglobal_avg_pool_forward(int64_t planes, int64_t size, const uint8_t *x,
 ds_qsum ds_qsum_of(float a_scale, int32_t a_zp, float b_scale, int32_t b_zp, float lo, float hi, float y_scale,
 		   int32_t y_zp)
 {
+	const double fa = (double)a_scale / y_scale, fb = (double)b_scale / y_scale;
+	const double fc = y_zp - ((double)a_scale * a_zp + (double)b_scale * b_zp) / y_scale;
+	const double clo = (double)lo / y_scale + y_zp, chi = (double)hi / y_scale + y_zp;
 	ds_qsum s;
-	float clo, chi;
+	int shift = 24;
 
-	s.ka = a_scale / y_scale;
-	s.kb = b_scale / y_scale;
-	s.c = (float)((double)y_zp - ((double)s.ka * a_zp + (double)s.kb * b_zp));
-	clo = lo / y_scale + (float)y_zp;
-	chi = hi / y_scale + (float)y_zp;
-	s.lo = clo > 0.0f ? clo : 0.0f;
-	s.hi = chi < 255.0f ? chi : 255.0f;
+	/* ka and kb 16-bit operands of vpmaddwd; c, and so the sum, well
+	 * within 31 bits. */
+	while (shift > 1 && (ldexp(fa > fb ? fa : fb, shift) >= 32767.0 ||
+			     ldexp(fabs(fc) + 1.0, shift) >= 1073741824.0 / 4))
+		shift--;
+	s.shift = shift;
+	s.ka = (int32_t)lrint(ldexp(fa, shift));
+	s.kb = (int32_t)lrint(ldexp(fb, shift));
+	s.c = (int32_t)(llrint(ldexp(fc, shift)) + (1 << (shift - 1)));
+	s.lo = clo > 0.0 ? (int32_t)lrint(clo < 255.0 ? clo : 255.0) : 0;
+	s.hi = chi < 255.0 ? (chi > 0.0 ? (int32_t)lrint(chi) : 0) : 255;
 	return s;
 }
 
 #ifdef DS_HAVE_VNNI_BUILD
-/* 64 codes at a time, lane by lane ds_qsum_at (no FMA contraction;
- * vcvtps2dq rounds half to even).  The clamped codes pass the saturating
- * packs unchanged; the packs leave 128-bit lane k holding codes 4k.. of
- * each quarter, which one dword permute puts in order. */
-__attribute__((target("avx512f,avx512bw,avx512vl"), optimize("fp-contract=off"))) static int64_t
+/* 64 codes at a time, lane by lane ds_qsum_at: a and b widened to 16-bit
+ * pairs (unpacking within 128-bit lanes, which the pack after undoes),
+ * one vpmaddwd a pair, an arithmetic shift (a floor), clamped in words,
+ * then narrowed; the packs leave 128-bit lane k holding bytes 8k.. of
+ * each half, which one qword permute puts in order. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static int64_t
 qadd_avx512(int64_t n, const uint8_t *a, const uint8_t *b, const ds_qsum *s, uint8_t *y)
 {
-	const __m512 ka = _mm512_set1_ps(s->ka), kb = _mm512_set1_ps(s->kb), c = _mm512_set1_ps(s->c);
-	const __m512 lo = _mm512_set1_ps(s->lo), hi = _mm512_set1_ps(s->hi);
-	const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+	const __m512i k = _mm512_set1_epi32((int32_t)((uint32_t)(uint16_t)s->ka | (uint32_t)s->kb << 16));
+	const __m512i c = _mm512_set1_epi32(s->c), lo = _mm512_set1_epi16((int16_t)s->lo);
+	const __m512i hi = _mm512_set1_epi16((int16_t)s->hi), order = _mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0);
+	const __m128i shift = _mm_cvtsi32_si128(s->shift);
 	int64_t i = 0;
 
 	for (; i + 64 <= n; i += 64) {
-		__m512i q[4];
+		const __m512i va = _mm512_loadu_si512(a + i), vb = _mm512_loadu_si512(b + i);
+		__m512i w[2];
 
-		for (int j = 0; j < 4; j++) {
-			__m512 fa = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(a + i + 16 * j))));
-			__m512 fb = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + i + 16 * j))));
-			__m512 v = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(ka, fa), _mm512_mul_ps(kb, fb)), c);
+		for (int h = 0; h < 2; h++) {
+			__m512i aw = _mm512_cvtepu8_epi16(h ? _mm512_extracti64x4_epi64(va, 1) : _mm512_castsi512_si256(va));
+			__m512i bw = _mm512_cvtepu8_epi16(h ? _mm512_extracti64x4_epi64(vb, 1) : _mm512_castsi512_si256(vb));
+			__m512i s0 = _mm512_sra_epi32(_mm512_add_epi32(_mm512_madd_epi16(_mm512_unpacklo_epi16(aw, bw), k), c), shift);
+			__m512i s1 = _mm512_sra_epi32(_mm512_add_epi32(_mm512_madd_epi16(_mm512_unpackhi_epi16(aw, bw), k), c), shift);
 
-			q[j] = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi));
+			w[h] = _mm512_min_epi16(_mm512_max_epi16(_mm512_packs_epi32(s0, s1), lo), hi);
 		}
-		_mm512_storeu_si512(y + i, _mm512_permutexvar_epi32(order, _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]),
-											      _mm512_packs_epi32(q[2], q[3]))));
+		_mm512_storeu_si512(y + i, _mm512_permutexvar_epi64(order, _mm512_packus_epi16(w[0], w[1])));
 	}
 	return i;
 }

@@ -399,9 +399,12 @@ static void test_pool_add(void)
 	}
 	/* The vector loop against the formula, element by element; the
 	 * operands exchanged change no bit; in place. */
-	for (int act = 0; act < 3; act++) {
-		float lo = act ? 0.0f : -INFINITY, hi = act == 2 ? 3.0f : INFINITY, ys = act ? 0.04f : 0.07f;
-		int32_t yz = act ? 0 : 131;
+	for (int act = 0; act < 4; act++) {
+		/* act 3: a sum's scale far below the operands' (large ka, kb,
+		 * a small shift) and most codes clamped */
+		float lo = act ? 0.0f : -INFINITY, hi = act == 2 ? 3.0f : INFINITY;
+		float ys = act == 3 ? 0.0007f : act ? 0.04f : 0.07f;
+		int32_t yz = act == 3 ? 200 : act ? 0 : 131;
 		ds_qsum sum = ds_qsum_of(s, z, 0.05f, 128, lo, hi, ys, yz), swapped = ds_qsum_of(0.05f, 128, s, z, lo, hi, ys, yz);
 		uint8_t *y2 = malloc((size_t)nx);
 		int same = 1, sym = 1;
