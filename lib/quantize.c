@@ -354,7 +354,11 @@ static void observe(struct vstat *s, const float *x, int64_t n, int pass, int ab
 		double v = absolute ? fabs(x[i]) : x[i], at;
 		int64_t b;
 
-		if (!isfinite(v) || s->hhi <= s->hlo)
+		/* Exact zeros (a ReLU's) left out of the entropy histogram: its
+		 * first bin dwarfed the rest, and the KL search kept about a
+		 * third of each range (resnet-s INT8 fell to 68% top-1, 87.6%
+		 * now; mobilenet-s 50%, 77% now). */
+		if (!isfinite(v) || s->hhi <= s->hlo || (absolute && v == 0))
 			continue;
 		at = (v - s->hlo) / (s->hhi - s->hlo) * HIST_BINS;
 		b = (int64_t)at;

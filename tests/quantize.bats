@@ -124,9 +124,9 @@ assert sorted(n['name'] for n in g['nodes'] if n.get('attrs', {}).get('pool') ==
 		[ "$status" -eq 0 ] || { echo "$m: $stderr"; false; }
 		echo "$stderr" > "$T/$m.json"
 		[ "$(json_eval "$T/$m.json" "d['figures']['method']")" = "$m" ]
-		# Entropy clips harder than the others on these small models (one
-		# epoch on 1,500 images): about 0.75 agreement here.
-		[ "$(json_eval "$T/$m.json" "d['compare']['top1_agreement'] >= (0.7 if '$m' == 'entropy' else 0.95)")" = True ] ||
+		# Entropy kept a ReLU's zeros in its histogram once, and clipped
+		# cnn-bn to 0.74 agreement here (0.99 since).
+		[ "$(json_eval "$T/$m.json" "d['compare']['top1_agreement'] >= 0.95")" = True ] ||
 			{ cat "$T/$m.json"; false; }
 	done
 	run --separate-stderr ds-quantize --mode dynamic --compare "$D/test.dst" --format json -o "$T/dyn.dsm" "$D/cnn-small.dsm"
