@@ -83,7 +83,8 @@ int ds_qconv2d_pxq_fits(const ds_conv2d_dims *d)
  * fingerprints of the filters and of the packed bytes. */
 struct pxq_head {
 	uint64_t wfp, pfp;
-	int64_t geometry[6];
+	int64_t geometry[4];         /* o, kh, kw, c: what the packing depends on */
+	int64_t pad[2];
 };
 
 _Static_assert(sizeof(struct pxq_head) % 64 == 0, "the filters after struct pxq_head stay aligned");
@@ -400,7 +401,7 @@ void ds_qconv2d_pxq_forward(const ds_conv2d_dims *d, const uint8_t *x, const int
 	int8_t *wp = (int8_t *)(head + 1);
 	int32_t *wsum = (int32_t *)(wp + pxq_filter_bytes(d));
 	uint8_t *slices = (uint8_t *)wsum + up64(d->o * 4);
-	const int64_t geometry[6] = { d->o, d->kh, d->kw, d->c, 1, 0 };
+	const int64_t geometry[4] = { d->o, d->kh, d->kw, d->c };
 	const size_t nw = (size_t)(d->o * PXQ_C * d->kh * d->kw);
 	const uint64_t wfp = ds_qfingerprint(w, nw);
 	struct pxq_geom g;
