@@ -22,6 +22,8 @@ static const ds_option options[] = {
 	  NULL },
 	{ "skip-first-last", 0, DS_OPT_FLAG, NULL, "keep the first and the last convolution or linear layer in float",
 	  NULL, NULL },
+	{ "no-bias-correction", 0, DS_OPT_FLAG, NULL,
+	  "keep the float biases: do not correct them for the mean shift INT8 puts on each output", NULL, NULL },
 	{ "batch", 0, DS_OPT_INT, "N", "batch size of calibration and comparison", NULL, "64" },
 	{ "compare", 0, DS_OPT_STRING, "DATA", "run the float and the INT8 model on a labelled .dst and compare them",
 	  NULL, NULL },
@@ -93,6 +95,7 @@ int main(int argc, char **argv)
 		.skip = skip,
 		.skip_count = ds_cli_list_count(cli, "skip"),
 		.skip_first_last = ds_cli_flag(cli, "skip-first-last"),
+		.no_bias_correction = ds_cli_flag(cli, "no-bias-correction"),
 		.cli = cli,
 	};
 	/* Open the output first: a refused terminal or an unwritable folder

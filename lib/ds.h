@@ -921,6 +921,7 @@ typedef struct ds_quantize_options {
 	const char *const *skip;     /* fnmatch patterns of node names kept in float */
 	size_t skip_count;
 	int skip_first_last;         /* keep the first and last convolution or linear layer in float */
+	int no_bias_correction;      /* keep the float biases (static mode corrects them by default) */
 	const ds_cli *cli;           /* -v logs each rewrite; may be NULL */
 } ds_quantize_options;
 

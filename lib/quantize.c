@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/types.h>
 
+#include "bias_correct.h"
 #include "cpu/quant.h"
 #include "graph_edit.h"
 #include "internal.h"
@@ -75,6 +76,9 @@ struct qctx {
 	int qat;                     /* analysing for ds-train --qat: dropout passes values through */
 	json_t *ranges;              /* value -> [lo, hi] learned by QAT, or NULL */
 	int ranges_used;             /* every range came from them: no calibration */
+	ds_bias_taps *taps;          /* per node: its input's sums for bias correction
+				      * (real NULL: none) */
+	int corrected;               /* layers whose bias was corrected */
 };
 
 static int nomem(ds_error *err)
@@ -368,7 +372,7 @@ static void observe(struct vstat *s, const float *x, int64_t n, int pass, int ab
 }
 
 /* One pass of the float model over the calibration items: 0 gathers
- * ranges, 1 histograms. */
+ * ranges, 1 histograms, 2 the sums of bias correction. */
 static int calib_pass(struct qctx *q, ds_dataset *d, ds_plan *p, const char *input, int pass, ds_error *err)
 {
 	ds_loader_options lo = { .batch = ds_plan_batch(p), .shuffle = 1, .seed = 1 };
@@ -393,11 +397,15 @@ static int calib_pass(struct qctx *q, ds_dataset *d, ds_plan *p, const char *inp
 		memcpy(in->data, x->data, ds_tensor_nbytes(in));
 		if ((rc = ds_plan_forward(p, 0, 0, err)))
 			goto out;
-		for (size_t i = 0; i < q->n_stats; i++) {
+		for (size_t i = 0; i < q->n_stats && pass < 2; i++) {
 			ds_tensor *t = ds_plan_tensor(p, q->stats[i].name);
 
 			observe(&q->stats[i], t->data, ds_tensor_numel(t), pass, q->method == 2);
 		}
+		for (size_t i = 0; i < q->n && pass == 2; i++)
+			if (q->taps[i].real &&
+			    (rc = ds_bias_taps_add(&q->taps[i], ds_plan_tensor(p, ds_node_input(q->nodes[i].n, 0)), err)))
+				goto out;
 		done += n;
 		if (ds_cli_interrupted()) {
 			rc = ds_error_set(err, DS_ERR_INTERRUPTED, "interrupted", "interrupted");
@@ -521,6 +529,87 @@ static const char *apply_ranges(struct qctx *q)
 	return missing;
 }
 
+/* The scale and zero point of a U8 value: its own, or for pooling and
+ * reshapes their input's. */
+static const struct vstat *qparams_of(struct qctx *q, const char *value)
+{
+	ssize_t p = producer(q, value);
+
+	while (p >= 0 && q->nodes[p].role == R_PASS)
+		p = producer(q, value = ds_node_input(q->nodes[p].n, 0));
+	return stat_of(q, value);
+}
+
+/* Empty bias correction sums for node n (conv2d or linear). */
+static int taps_for(ds_bias_taps *t, const ds_node *n, const ds_shape *w, ds_error *err)
+{
+	int conv = !strcmp(ds_node_op(n), "conv2d");
+	ds_conv2d_dims d = { .o = w->dim[0], .c = w->dim[1], .kh = 1, .kw = 1, .sh = 1, .sw = 1, .dh = 1, .dw = 1,
+			     .groups = 1 };
+	int64_t pair[2];
+
+	if (conv) {
+		d.groups = ds_node_attr_int(n, "groups", 1);
+		d.c *= d.groups;
+		d.kh = w->dim[2], d.kw = w->dim[3];
+		pair[0] = pair[1] = 1;
+		ds_node_attr_ints(n, "stride", pair, 2);
+		d.sh = pair[0], d.sw = pair[1];
+		pair[0] = pair[1] = 0;
+		ds_node_attr_ints(n, "padding", pair, 2);
+		d.ph = pair[0], d.pw = pair[1];
+		pair[0] = pair[1] = 1;
+		ds_node_attr_ints(n, "dilation", pair, 2);
+		d.dh = pair[0], d.dw = pair[1];
+	}
+	return ds_bias_taps_init(t, conv, &d, err);
+}
+
+/* Bias correction's sums for every INT8 convolution and linear layer with
+ * a bias, their inputs kept by the plan.  Not for a QAT model: its weights
+ * were trained on their INT8 grid. */
+static int want_taps(struct qctx *q, ds_plan *p, ds_error *err)
+{
+	int rc;
+
+	if (q->o->no_bias_correction || q->dynamic || q->ranges)
+		return 0;
+	if (!(q->taps = ds_calloc(q->n, sizeof *q->taps, err)))
+		return DS_ERR_NOMEM;
+	for (size_t i = 0; i < q->n; i++) {
+		const ds_node *n = q->nodes[i].n;
+
+		if (!q->nodes[i].int8 || q->nodes[i].role != R_COMPUTE || ds_node_input_count(n) != 3)
+			continue;
+		if ((rc = taps_for(&q->taps[i], n, ds_graph_shape(q->g, ds_node_input(n, 1)), err)) ||
+		    (rc = ds_plan_keep(p, ds_node_input(n, 0), err)))
+			return rc;
+	}
+	return 0;
+}
+
+/* The sums of the values each layer's input codes stand for, once the
+ * ranges are chosen. */
+static int gather_taps(struct qctx *q, ds_dataset *d, ds_plan *p, const char *input, ds_error *err)
+{
+	int any = 0;
+
+	for (size_t i = 0; i < q->n && q->taps; i++) {
+		const struct vstat *s = qparams_of(q, ds_node_input(q->nodes[i].n, 0));
+
+		if (!q->taps[i].real)
+			continue;
+		if (!s) {
+			ds_bias_taps_free(&q->taps[i]);
+			continue;
+		}
+		q->taps[i].in_scale = s->scale;
+		q->taps[i].in_zero_point = s->zp;
+		any = 1;
+	}
+	return any ? calib_pass(q, d, p, input, 2, err) : 0;
+}
+
 static int calibrate(struct qctx *q, ds_error *err)
 {
 	ds_dataset *d = NULL;
@@ -555,7 +644,7 @@ static int calibrate(struct qctx *q, ds_error *err)
 	for (size_t i = 0; i < q->n_stats; i++)
 		if ((rc = ds_plan_keep(p, q->stats[i].name, err)))
 			goto out;
-	if ((rc = calib_pass(q, d, p, input, 0, err)))
+	if ((rc = want_taps(q, p, err)) || (rc = calib_pass(q, d, p, input, 0, err)))
 		goto out;
 	if (q->method) {
 		for (size_t i = 0; i < q->n_stats; i++) {
@@ -577,6 +666,7 @@ static int calibrate(struct qctx *q, ds_error *err)
 		choose_range(q, &q->stats[i]);
 	/* Learned ranges win over calibrated ones. */
 	apply_ranges(q);
+	rc = gather_taps(q, d, p, input, err);
 out:
 	ds_plan_free(p);
 	ds_dataset_free(d);
@@ -584,17 +674,6 @@ out:
 }
 
 /* -------------------------------------------------------------- rewrite */
-
-/* The scale and zero point of a U8 value: its own, or for pooling and
- * reshapes their input's. */
-static const struct vstat *qparams_of(struct qctx *q, const char *value)
-{
-	ssize_t p = producer(q, value);
-
-	while (p >= 0 && q->nodes[p].role == R_PASS)
-		p = producer(q, value = ds_node_input(q->nodes[p].n, 0));
-	return stat_of(q, value);
-}
 
 static void set_qattrs(json_t *attrs, const char *prefix, const struct vstat *s)
 {
@@ -661,10 +740,47 @@ static int convert(struct rewrite *r, const char *value, int to_u8, const char *
 	return 0;
 }
 
-/* I8 weights symmetric per output channel and their F32 scales, in the
- * container; the node's inputs name them. */
-static int quantize_weights(struct rewrite *r, const char *wname, json_t *inputs, ds_error *err)
+/* The node's bias less the mean shift INT8 puts on each of its outputs
+ * over the calibration data (bias_correct.h).  A bias other nodes read too
+ * is left as it is. */
+static int correct_bias(struct qctx *q, const struct qnode *qn, const ds_tensor *w, const ds_tensor *qw,
+			const ds_tensor *sc, ds_error *err)
 {
+	const ds_bias_taps *t = &q->taps[qn - q->nodes];
+	const char *bname = ds_node_input(qn->n, 2);
+	ds_tensor *b = param(q, bname), *nb;
+	int64_t outc = w->shape[0], per = ds_tensor_numel(w) / outc;
+	double most = 0;
+	int rc;
+
+	if (ds_edit_uses(q->graph, bname) != 1 || !b || b->dtype != DS_F32 || ds_tensor_numel(b) != outc ||
+	    t->d.o != outc)
+		return 0;
+	if (!(nb = ds_tensor_new(DS_F32, 1, &outc, DS_CPU, err)))
+		return DS_ERR_NOMEM;
+	for (int64_t o = 0; o < outc; o++) {
+		double shift = ds_bias_taps_shift(t, o, (const float *)w->data + o * per,
+						  (const int8_t *)qw->data + o * per, ((const float *)sc->data)[o]);
+
+		((float *)nb->data)[o] = (float)(((const float *)b->data)[o] - shift);
+		most = fmax(most, fabs(shift));
+	}
+	ds_container_remove(q->model, bname);
+	rc = ds_container_add(q->model, bname, nb, err);
+	ds_tensor_unref(nb);
+	if (!rc) {
+		q->corrected++;
+		ds_log_verbose(q->o->cli, "quantize: '%s' bias corrected by up to %.3g", ds_node_name(qn->n), most);
+	}
+	return rc;
+}
+
+/* I8 weights symmetric per output channel and their F32 scales, in the
+ * container; the node's inputs name them.  The bias is corrected for
+ * them, where calibration gathered what that needs. */
+static int quantize_weights(struct rewrite *r, const struct qnode *qn, json_t *inputs, ds_error *err)
+{
+	const char *wname = ds_node_input(qn->n, 1);
 	ds_tensor *w = param(r->q, wname), *qw = NULL, *sc = NULL;
 	int64_t outc = w->shape[0], per = ds_tensor_numel(w) / (outc ? outc : 1);
 	char base[512], *qname = NULL, *sname = NULL;
@@ -689,6 +805,8 @@ static int quantize_weights(struct rewrite *r, const char *wname, json_t *inputs
 			((int8_t *)qw->data)[o * per + k] = (int8_t)(v < -127 ? -127 : v > 127 ? 127 : v);
 		}
 	}
+	if (r->q->taps && r->q->taps[qn - r->q->nodes].real && (rc = correct_bias(r->q, qn, w, qw, sc, err)))
+		goto out;
 	snprintf(base, sizeof base, "%s_scale", wname);
 	if (!(sname = fresh_name(r, base, err))) {
 		rc = DS_ERR_NOMEM;
@@ -742,7 +860,7 @@ static int write_int8(struct rewrite *r, const struct qnode *qn, ds_error *err)
 		}
 		for (size_t j = 0; j < ds_node_input_count(qn->n); j++)
 			json_array_append_new(inputs, json_string(j ? ds_node_input(qn->n, j) : in));
-		if ((rc = quantize_weights(r, ds_node_input(qn->n, 1), inputs, err)))
+		if ((rc = quantize_weights(r, qn, inputs, err)))
 			goto out;
 		if (qn->out_q)
 			set_qattrs(attrs, "y_", stat_of(q, qn->out));
@@ -1357,8 +1475,9 @@ int ds_quantize_model(ds_container *model, const ds_quantize_options *o, json_t 
 	ds_edit_drop_unused_params(newgraph, q.graph, model);
 	if ((rc = store_graph(model, newgraph, "quantized graph", err)))
 		goto out;
-	figures = json_pack("{s:s, s:s, s:I, s:i, s:i, s:I, s:I, s:f}", "mode", mode, "method",
-			    q.dynamic ? "-" : q.ranges_used ? "qat" : method, "calib_items", (json_int_t)q.calib_items, "int8_nodes", n_int8,
+	figures = json_pack("{s:s, s:s, s:I, s:i, s:i, s:i, s:I, s:I, s:f}", "mode", mode, "method",
+			    q.dynamic ? "-" : q.ranges_used ? "qat" : method, "calib_items", (json_int_t)q.calib_items,
+			    "bias_corrected", q.corrected, "int8_nodes", n_int8,
 			    "float_nodes", n_float, "bytes_before", bytes_before, "bytes_after", total_bytes(model),
 			    "size_ratio", bytes_before ? (double)total_bytes(model) / (double)bytes_before : 1.0);
 	if (!figures) {
@@ -1379,6 +1498,9 @@ int ds_quantize_model(ds_container *model, const ds_quantize_options *o, json_t 
 out:
 	for (size_t i = 0; i < q.n_stats; i++)
 		free(q.stats[i].hist);
+	for (size_t i = 0; i < q.n && q.taps; i++)
+		ds_bias_taps_free(&q.taps[i]);
+	free(q.taps);
 	free(q.stats);
 	free(q.nodes);
 	ds_graph_free(q.g);

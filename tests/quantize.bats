@@ -137,6 +137,45 @@ assert sorted(n['name'] for n in g['nodes'] if n.get('attrs', {}).get('pool') ==
 		{ ops "$T/dyn.dsm"; false; }
 }
 
+@test "bias correction: on by default, it takes the mean shift out of the outputs; --no-bias-correction keeps the biases" {
+	need ds-infer
+	for arch in cnn-bn resnet-s; do
+		ds-quantize --calib "$D/train.dst" --format json -o "$T/c.dsm" "$D/$arch.dsm" 2> "$T/c.json"
+		ds-quantize --calib "$D/train.dst" --format json --no-bias-correction -o "$T/n.dsm" "$D/$arch.dsm" 2> "$T/n.json"
+		# Every INT8 layer has a bias once batch norm is folded.
+		layers=$(ds-info --format json "$T/c.dsm" |
+			"$PY" -c 'import json,sys; print(sum(o["nodes"] for o in json.load(sys.stdin)["ops"] if o["op"] in ("qconv2d", "qlinear")))')
+		[ "$(json_eval "$T/c.json" "d['figures']['bias_corrected']")" = "$layers" ]
+		[ "$(json_eval "$T/n.json" "d['figures']['bias_corrected']")" = 0 ]
+		for m in "$D/$arch.dsm" "$T/c.dsm" "$T/n.dsm"; do
+			ds-infer -q --model "$m" "$D/train.dst" --output-format dst -o "$m.out"
+		done
+		# On the calibration data, the mean of each logit moves less from
+		# the float model's with the correction than without.
+		"$PY" - "$D/$arch.dsm.out" "$T/c.dsm.out" "$T/n.dsm.out" <<'PY'
+import json, struct, sys
+def logits(path):
+    b, off, rows = open(path, "rb").read(), 0, []
+    while off < len(b):
+        n = struct.unpack("<Q", b[off:off + 8])[0]
+        h = json.loads(b[off + 8:off + 8 + n])
+        base = off + 8 + n
+        s, e = h["logits"]["data_offsets"]
+        v = struct.unpack("<%df" % ((e - s) // 4), b[base + s:base + e])
+        rows += [v[i:i + 10] for i in range(0, len(v), 10)]
+        off = base + max(t["data_offsets"][1] for k, t in h.items() if k != "__metadata__")
+    return rows
+f, c, n = (logits(p) for p in sys.argv[1:])
+def shift(q):
+    return sum(abs(sum(a[k] - b[k] for a, b in zip(q, f)) / len(f)) for k in range(10))
+print("mean logit shift: corrected %.4f, not corrected %.4f" % (shift(c), shift(n)))
+assert len(c) == len(f) == len(n) and shift(c) < shift(n)
+PY
+	done
+	run --separate-stderr ds-quantize --mode dynamic --format json -o "$T/d.dsm" "$D/cnn-bn.dsm"
+	[ "$(echo "$stderr" | json_eval /dev/stdin "d['figures']['bias_corrected']")" = 0 ]
+}
+
 @test "--skip and --skip-first-last keep layers in float" {
 	ds-quantize -q --calib "$D/train.dst" --calib-count 100 --skip 'fc*' -o "$T/s.dsm" "$D/cnn-small.dsm"
 	# ds-optimize's passes run first: the float layers keep their ReLU fused.
@@ -257,6 +296,8 @@ assert any('pool' in x.get('attrs', {}) for x in g['nodes'] if x['op'] == 'conv2
 		echo "$stderr" > "$T/qat.json"
 		[ "$(json_eval "$T/qat.json" "d['figures']['method']")" = qat ]
 		[ "$(json_eval "$T/qat.json" "d['figures']['calib_items']")" = 0 ]
+		# Its weights trained on their INT8 grid: no bias correction.
+		[ "$(json_eval "$T/qat.json" "d['figures']['bias_corrected']")" = 0 ]
 		[ "$(json_eval "$T/qat.json" "d['figures']['float_nodes']")" = 0 ]
 		[[ "$(ops "$T/$arch.int8.dsm")" != *fake_quant* && "$(ops "$T/$arch.int8.dsm")" == *qconv2d* ]]
 		# Both compute on one grid: agreement is near total.
