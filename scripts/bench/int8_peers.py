@@ -8,7 +8,11 @@ run by OpenVINO; each peer's float run of the same ONNX model comes too, for
 reference.  The ds models named by --ds are measured by ds-bench in the same
 rounds.
 
-For each engine: top-1 on the labelled test stream, then items/s and the
+For each engine: top-1 on the labelled test stream and, for an INT8 engine,
+its agreement with the float run of the same engine (the share of test
+images whose top-1 class is the float model's: how faithful the
+quantization is, where top-1 alone moves both ways by chance), then
+items/s and the
 median latency of one batch per batch size, on the same thread count,
 measured as infer_peers.py and ds-bench measure (1 s of warm-up, then at
 least --min-time seconds and 20 runs), --rounds times with the engines in
@@ -43,11 +47,16 @@ def images(path, preprocess, limit=None):
     return np.ascontiguousarray(x), y.astype(np.int64)
 
 
-def top1(run, x, y, batch=500):
-    correct = 0
-    for i in range(0, len(x), batch):
-        correct += int((np.asarray(run(x[i:i + batch])).argmax(1) == y[i:i + batch]).sum())
-    return correct / len(x)
+def predictions(run, x, batch=500):
+    return np.concatenate([np.asarray(run(x[i:i + batch])).argmax(1) for i in range(0, len(x), batch)])
+
+
+def ds_predictions(o, model, labels):
+    """ds-infer's top-1 class of every item of the test stream."""
+    cmd = [os.path.join(os.path.dirname(o.ds_bench), "ds-infer"), "-q", "--model", model, "-k", "1", "--threads",
+           str(o.threads), o.test]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return np.array([labels.index(json.loads(line)["prediction"]) for line in out.splitlines()])
 
 
 def quantize_ort(onnx_path, out_path, calib):
@@ -164,15 +173,19 @@ def main():
 
     # Accuracy first: the whole test stream, in batches of 500.
     for e in engines:
-        e["top1"] = top1(e.pop("run"), tx, ty)
+        e["pred"] = predictions(e.pop("run"), tx)
     if o.ds:
-        models = [m.split("=", 1) for m in o.ds]
-        d = ds_bench(o, ["--data", o.test, "--batch", "64", "--warmup", "0", "--repeat", "1", "--min-time", "0"],
-                     [path for _, path in models])
-        info = {m["model"]: m for m in d["models"]}
+        labels = json.loads(meta["ds.labels"])
         version = subprocess.run([o.ds_bench, "--version"], capture_output=True, text=True).stdout.split()[-1]
-        engines[:0] = [{"engine": name, "version": version, "file": path, "top1": info[path]["top1"], "ds": True}
-                       for name, path in models]
+        engines[:0] = [{"engine": name, "version": version, "file": path, "ds": True,
+                        "pred": ds_predictions(o, path, labels)} for name, path in (m.split("=", 1) for m in o.ds)]
+    preds = {e["engine"]: e["pred"] for e in engines}
+    for e in engines:
+        e["top1"] = float((e["pred"] == ty).mean())
+        # The float run of "X INT8" is "X float", or "ds float -O2" for ds.
+        ref = next((p for name, p in preds.items() if "INT8" in e["engine"] and
+                    name.startswith(e["engine"].replace("INT8", "float"))), None)
+        e["agree_float"] = float((e["pred"] == ref).mean()) if ref is not None else None
     # Then speed, engine after engine, in rounds: on a shared machine the
     # load drifts over a run, and the best of each engine's rounds is the
     # figure least disturbed by the other programs.
@@ -182,6 +195,7 @@ def main():
     def keep(e, batch, rec):
         r = best.setdefault((e["engine"], batch), {
             "engine": e["engine"], "version": e["version"], "batch": batch, "threads": o.threads, "top1": e["top1"],
+            "agree_float": e["agree_float"],
             "eval_items": len(tx), "file_bytes": os.path.getsize(e["file"]), "rounds": []})
         r["rounds"].append({k: rec[k] for k in ("items_per_s", "ms_p50", "ms_p99")})
         r["items_per_s"] = max(x["items_per_s"] for x in r["rounds"])
