@@ -5,11 +5,24 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static int tap_count, tap_failed;
+
+/* A seeded xorshift stream for test data: the same values on every run and
+ * machine.  Tests set tap_rng to start a stream over. */
+static uint64_t tap_rng = 0x2545f4914f6cdd1dull;
+
+static inline double tap_uniform(void)
+{
+	tap_rng ^= tap_rng << 13;
+	tap_rng ^= tap_rng >> 7;
+	tap_rng ^= tap_rng << 17;
+	return (double)(tap_rng >> 11) / 9007199254740992.0;
+}
 
 static inline int tap_ok(int pass, const char *file, int line, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));

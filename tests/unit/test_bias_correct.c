@@ -14,16 +14,6 @@
 #include "cpu/quant.h"
 #include "tap.h"
 
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-
-static double uniform(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return (double)(rng >> 11) / 9007199254740992.0;
-}
-
 /* The value the INT8 layer sees for input v. */
 static double coded(float v, float scale, int32_t zp)
 {
@@ -62,11 +52,11 @@ static double brute_conv(const ds_conv2d_dims *d, const float *x, const float *w
 static void fill(float *w, int8_t *q, float *scale, int64_t outs, int64_t per)
 {
 	for (int64_t o = 0; o < outs; o++) {
-		scale[o] = (float)(0.004 + 0.01 * uniform());
+		scale[o] = (float)(0.004 + 0.01 * tap_uniform());
 		for (int64_t k = 0; k < per; k++) {
 			long v;
 
-			w[o * per + k] = (float)(uniform() - 0.5);
+			w[o * per + k] = (float)(tap_uniform() - 0.5);
 			v = lrintf(w[o * per + k] / scale[o]);
 			q[o * per + k] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
 		}
@@ -86,7 +76,7 @@ static void conv_case(const char *what, ds_conv2d_dims d)
 	fill(w, q, scale, d.o, per);
 	/* Inputs past the range's top, so clipping shifts the mean too. */
 	for (int64_t i = 0; i < ds_tensor_numel(x); i++)
-		((float *)x->data)[i] = (float)(uniform() * 1.3 - 0.1);
+		((float *)x->data)[i] = (float)(tap_uniform() * 1.3 - 0.1);
 	rc = ds_bias_taps_init(&t, 1, &d, NULL);
 	t.in_scale = 1.0f / 255.0f;
 	t.in_zero_point = 20;
@@ -129,7 +119,7 @@ static void linear_case(void)
 
 	fill(w, q, scale, outs, in);
 	for (int64_t i = 0; i < ds_tensor_numel(x); i++)
-		((float *)x->data)[i] = (float)(uniform() * 4 - 2);
+		((float *)x->data)[i] = (float)(tap_uniform() * 4 - 2);
 	rc = ds_bias_taps_init(&t, 0, &d, NULL);
 	t.in_scale = 3.0f / 255.0f;
 	t.in_zero_point = 128;

@@ -11,22 +11,12 @@
 #include "ds.h"
 #include "tap.h"
 
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-
-static double uniform(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return (double)(rng >> 11) / 9007199254740992.0;
-}
-
 static void add_param(ds_container *c, const char *name, int ndim, const int64_t *shape, double lo, double hi)
 {
 	ds_tensor *t = ds_tensor_new(DS_F32, ndim, shape, DS_CPU, NULL);
 
 	for (int64_t i = 0; i < ds_tensor_numel(t); i++)
-		((float *)t->data)[i] = (float)(lo + (hi - lo) * uniform());
+		((float *)t->data)[i] = (float)(lo + (hi - lo) * tap_uniform());
 	ds_container_add(c, name, t, NULL);
 	ds_tensor_unref(t);
 }
@@ -55,7 +45,7 @@ static ds_container *make_model(void)
 	ds_container *c = ds_container_new();
 	int64_t w[4] = { 3, 2, 3, 3 }, ch[1] = { 3 }, fw[2] = { 4, 75 }, fb[1] = { 4 };
 
-	rng = 0x2545f4914f6cdd1dull;     /* every copy has the same weights */
+	tap_rng = 0x2545f4914f6cdd1dull;     /* every copy has the same weights */
 
 	add_param(c, "conv.weight", 4, w, -0.5, 0.5);
 	add_param(c, "bn.weight", 1, ch, 0.5, 1.5);
@@ -145,7 +135,7 @@ int main(void)
 		int64_t w1[2] = { 5, 6 }, b1[1] = { 5 }, w2[2] = { 3, 5 };
 
 		for (int k = 0; k < 2; k++) {
-			rng = 99;
+			tap_rng = 99;
 			m[k] = ds_container_new();
 			add_param(m[k], "w1", 2, w1, -1, 1);
 			add_param(m[k], "b1", 1, b1, -1, 1);
@@ -193,7 +183,7 @@ int main(void)
 		int64_t w1[4] = { 4, 2, 3, 3 }, b1[1] = { 4 }, w2[4] = { 5, 4, 3, 3 }, w3[4] = { 3, 5, 3, 3 };
 
 		for (int k = 0; k < 2; k++) {
-			rng = 7;
+			tap_rng = 7;
 			m[k] = ds_container_new();
 			add_param(m[k], "w1", 4, w1, -1, 1);
 			add_param(m[k], "b1", 1, b1, -1, 1);
@@ -253,7 +243,7 @@ int main(void)
 		int n_in = 0;
 
 		for (int k = 0; k < 2; k++) {
-			rng = 11;
+			tap_rng = 11;
 			m[k] = ds_container_new();
 			add_param(m[k], "w1", 4, w1, -0.5, 0.5);
 			add_param(m[k], "b1", 1, v3, -0.5, 0.5);
@@ -338,7 +328,7 @@ int main(void)
 		int64_t w[4] = { 3, 3, 3, 3 }, v3[1] = { 3 };
 
 		for (int k = 0; k < 2; k++) {
-			rng = 13;
+			tap_rng = 13;
 			m[k] = ds_container_new();
 			add_param(m[k], "w", 4, w, -0.5, 0.5);
 			add_param(m[k], "b", 1, v3, -0.5, 0.5);
@@ -378,7 +368,7 @@ int main(void)
 		int64_t w[4] = { 5, 8, 1, 1 }, b[1] = { 5 };
 
 		for (int k = 0; k < 2; k++) {
-			rng = 5;
+			tap_rng = 5;
 			m[k] = ds_container_new();
 			add_param(m[k], "w", 4, w, -1, 1);
 			add_param(m[k], "b", 1, b, -1, 1);

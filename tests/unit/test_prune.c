@@ -11,22 +11,12 @@
 #include "ds.h"
 #include "tap.h"
 
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-
-static double uniform(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return (double)(rng >> 11) / 9007199254740992.0;
-}
-
 static void add_param(ds_container *c, const char *name, int ndim, const int64_t *shape, double lo, double hi)
 {
 	ds_tensor *t = ds_tensor_new(DS_F32, ndim, shape, DS_CPU, NULL);
 
 	for (int64_t i = 0; i < ds_tensor_numel(t); i++)
-		((float *)t->data)[i] = (float)(lo + (hi - lo) * uniform());
+		((float *)t->data)[i] = (float)(lo + (hi - lo) * tap_uniform());
 	ds_container_add(c, name, t, NULL);
 	ds_tensor_unref(t);
 }
